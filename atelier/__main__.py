@@ -1,0 +1,5 @@
+"""``python -m atelier``."""
+
+from atelier.cli import main
+
+main()

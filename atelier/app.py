@@ -1,0 +1,87 @@
+"""The FastAPI application factory; the runtime and the embedded worker live in the lifespan."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from anyio import to_thread
+from fastapi import FastAPI, Request
+from sqlalchemy import text
+
+from atelier import __version__
+from atelier.core.http import BodySizeLimit, install_error_handlers
+from atelier.core.runtime import Runtime, build_runtime
+from atelier.engine.embedded import EmbeddedWorker
+from atelier.engine.recovery import recover
+from atelier.engine.transport import purge_vhost
+from atelier.providers.registry import ALL_QUEUES, ProviderRegistry
+from atelier.settings import Settings
+from atelier.status.endpoints import router as status_router
+from atelier.storage.endpoints import router as storage_router
+from atelier.tasks.endpoints import router as tasks_router
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = (
+    "Atelier Compute: submit generative-image tasks, follow their status, fetch their outputs. "
+    "Every endpoint except `/health` needs `Authorization: Bearer <JWT>` (mint one with `atelier token`)."
+)
+
+
+def _start_engine(runtime: Runtime) -> EmbeddedWorker | None:
+    settings = runtime.settings
+    worker = None
+    if settings.embedded and settings.broker.embedded_worker:
+        worker = EmbeddedWorker(runtime.celery, concurrency=settings.broker.embedded_concurrency, queues=list(ALL_QUEUES))
+        worker.start()
+    recover(runtime, orphan_running=settings.embedded)
+    return worker
+
+
+def create_app(settings: Settings | None = None, *, providers: ProviderRegistry | None = None) -> FastAPI:
+    """Build the API; nothing is connected until the lifespan starts."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = build_runtime(settings, providers)
+        app.state.runtime = runtime
+        to_thread.current_default_thread_limiter().total_tokens = settings.server.threadpool_size
+        worker = _start_engine(runtime)
+        try:
+            yield
+        finally:
+            if worker is not None:
+                worker.stop()
+            if settings.embedded:
+                purge_vhost(str(runtime.celery.conf.broker_url).rsplit("/", 1)[-1])
+            runtime.close()
+
+    app = FastAPI(title="Atelier Compute", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=max(settings.storage.max_upload_bytes, settings.inputs.max_bytes * 2) + 1024 * 1024)
+    app.include_router(tasks_router)
+    app.include_router(storage_router)
+    app.include_router(status_router)
+    app.add_api_route("/health", health, methods=["GET"], summary="Health Check", include_in_schema=True)
+    return app
+
+
+def health(request: Request) -> dict[str, Any]:
+    """Liveness and readiness: the database answers, and which engine mode runs."""
+    runtime: Runtime = request.app.state.runtime
+    db_ok = True
+    try:
+        with runtime.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except Exception:  # reported in the body; /health never raises
+        db_ok = False
+    return {
+        "status": "healthy" if db_ok else "degraded",
+        "version": __version__,
+        "database": "ok" if db_ok else "unavailable",
+        "mode": "embedded" if runtime.settings.embedded else "distributed",
+    }

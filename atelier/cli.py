@@ -1,0 +1,72 @@
+"""The ``atelier`` command line: serve, migrate, openapi, token."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Annotated
+
+import typer
+
+from atelier.core.auth import Role, mint_token
+from atelier.settings import Settings
+
+cli = typer.Typer(help="Atelier Compute: a self-hostable job service for generative-image work.", no_args_is_help=True)
+
+
+@cli.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (default: ATELIER_SERVER__HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: ATELIER_SERVER__PORT)")] = None,
+    migrate_first: Annotated[bool, typer.Option("--migrate/--no-migrate", help="Apply migrations first")] = True,
+) -> None:
+    """Run the API (and, on the embedded default, the worker threads)."""
+    import uvicorn
+
+    from atelier.app import create_app
+    from atelier.core.migrate import upgrade
+
+    settings = Settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.database.url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if migrate_first:
+        upgrade(settings.database_url)
+    uvicorn.run(create_app(settings), host=host or settings.server.host, port=port or settings.server.port)
+
+
+@cli.command()
+def migrate(revision: Annotated[str, typer.Argument(help="Target revision")] = "head") -> None:
+    """Apply database migrations (Alembic) up to REVISION."""
+    from atelier.core.migrate import upgrade
+
+    settings = Settings()
+    if settings.database.url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.database_url, revision)
+    typer.echo(f"database at {revision}: {settings.database_url}")
+
+
+@cli.command()
+def openapi() -> None:
+    """Print the OpenAPI document of the API as JSON."""
+    from atelier.app import create_app
+
+    typer.echo(json.dumps(create_app(Settings()).openapi(), indent=2))
+
+
+@cli.command()
+def token(
+    tenant: Annotated[str, typer.Option(help="Tenant the token acts for")] = "default",
+    role: Annotated[Role, typer.Option(help="admin, service or viewer")] = Role.SERVICE,
+    subject: Annotated[str | None, typer.Option(help="Subject (sub claim)")] = None,
+    ttl: Annotated[int | None, typer.Option(help="Lifetime in seconds")] = None,
+) -> None:
+    """Mint a JWT signed with the configured key."""
+    settings = Settings()
+    typer.echo(mint_token(settings.auth, tenant=tenant, role=role, subject=subject, ttl_seconds=ttl))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()

@@ -1,0 +1,70 @@
+"""FastAPI dependencies: runtime, unit-of-work session and the authenticated principal."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from atelier.core.auth import Principal, decode_token
+from atelier.core.errors import AuthError
+from atelier.core.runtime import Runtime
+
+bearer_scheme = HTTPBearer(auto_error=False, description="JWT Bearer token")
+
+
+def get_runtime(request: Request) -> Runtime:
+    """The runtime built by the app's lifespan."""
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+
+
+def get_session(runtime: RuntimeDep) -> Iterator[Session]:
+    """One unit of work per request: commit when the endpoint returns, roll back if it raises."""
+    session = runtime.sessions()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+# scope="function": commit (and publish) before the response is sent, so a client that polls right away
+# sees its row and a failed commit is an error response, not a lost task.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
+def get_principal(
+    runtime: RuntimeDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
+) -> Principal:
+    """Verify the bearer token (401 with the reason when absent or invalid)."""
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise AuthError("missing bearer token (Authorization: Bearer <jwt>)")
+    return decode_token(runtime.settings.auth, credentials.credentials)
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def get_status_principal(
+    runtime: RuntimeDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    api_token: Annotated[str | None, Header(description="The JWT, as the Bria status API sends it")] = None,
+) -> Principal:
+    """Status surfaces accept the JWT as a bearer token or in the ``api_token`` header."""
+    token = credentials.credentials if credentials else api_token
+    if not token:
+        raise AuthError("missing credentials (Authorization: Bearer <jwt> or api_token header)")
+    return decode_token(runtime.settings.auth, token)
+
+
+StatusPrincipalDep = Annotated[Principal, Depends(get_status_principal)]

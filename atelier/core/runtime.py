@@ -1,0 +1,80 @@
+"""The runtime: every long-lived object of a process, built from settings (never at import)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+
+import httpx
+from celery import Celery
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from atelier.core.db import create_db_engine, create_session_factory
+from atelier.core.inputs import FetchLimits
+from atelier.engine.celery_app import create_celery, publisher
+from atelier.engine.dispatch import install_outbox
+from atelier.providers.registry import ProviderRegistry, default_registry
+from atelier.settings import Settings
+from atelier.storage.backend import LocalStorage, StorageBackend
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """Settings plus the engine, sessions, storage, providers, Celery app and HTTP client built from them."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    storage: StorageBackend
+    providers: ProviderRegistry
+    http: httpx.Client
+    worker_name: str
+    celery: Celery = field(init=False)
+
+    @property
+    def fetch_limits(self) -> FetchLimits:
+        """Bounds for fetching and decoding input images."""
+        s = self.settings.inputs
+        return FetchLimits(
+            max_bytes=s.max_bytes,
+            max_pixels=s.max_pixels,
+            timeout_seconds=s.fetch_timeout_seconds,
+            allow_private_networks=list(s.allow_private_networks),
+        )
+
+    def close(self) -> None:
+        """Release connections."""
+        self.http.close()
+        self.engine.dispose()
+
+
+def build_runtime(settings: Settings, providers: ProviderRegistry | None = None) -> Runtime:
+    """Create every long-lived object; the Celery task runner is wired to this runtime."""
+    from atelier.tasks.execution import TaskRunner
+
+    if settings.database.url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_db_engine(
+        settings.database_url,
+        pool_size=settings.server.threadpool_size,
+        echo=settings.database.echo,
+        busy_timeout_ms=settings.database.sqlite_busy_timeout_ms,
+    )
+    runtime = Runtime(
+        settings=settings,
+        engine=engine,
+        sessions=create_session_factory(engine),
+        storage=LocalStorage(settings.storage_root),
+        providers=providers or default_registry(),
+        http=httpx.Client(timeout=settings.inputs.fetch_timeout_seconds, follow_redirects=False),
+        worker_name=f"{socket.gethostname()}:{os.getpid()}",
+    )
+    runner = TaskRunner(runtime)
+    runtime.celery = create_celery(settings, runner.run)
+    install_outbox(runtime.sessions, publisher(runtime.celery))
+    return runtime

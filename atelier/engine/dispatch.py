@@ -1,0 +1,54 @@
+"""Publish after commit: Celery messages are buffered in the session and sent only once it commits."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
+
+OUTBOX = "atelier_outbox"
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """One "run task X now" message."""
+
+    task_id: uuid.UUID
+    queue: str
+    priority: int
+    message_id: str
+    countdown: float | None = None
+
+
+def enqueue(session: Session, dispatch: Dispatch) -> None:
+    """Buffer a message; it is published after the session commits and dropped if it rolls back."""
+    session.info.setdefault(OUTBOX, []).append(dispatch)
+
+
+def message_priority(task_priority: int) -> int:
+    """Map the task priority (higher = sooner) to the broker's 0..9 band."""
+    return max(0, min(9, task_priority))
+
+
+def install_outbox(factory: sessionmaker[Session], publish: Callable[[Dispatch], None]) -> None:
+    """Attach the after-commit/after-rollback hooks to every session of ``factory``."""
+
+    def after_commit(session: Session) -> None:
+        pending: list[Dispatch] = session.info.pop(OUTBOX, [])
+        for item in pending:
+            try:
+                publish(item)
+            except Exception:  # the row is committed PENDING: the recovery sweep publishes it again
+                log.exception("publishing task %s failed; recovery will re-publish it", item.task_id)
+
+    def after_rollback(session: Session) -> None:
+        session.info.pop(OUTBOX, None)
+
+    event.listen(factory, "after_commit", after_commit)
+    event.listen(factory, "after_rollback", after_rollback)

@@ -1,0 +1,133 @@
+"""Nested, described settings read from ``ATELIER_*`` environment variables (``__`` separates groups)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_SECRET = "atelier-dev-secret-change-me-0000000000"  # noqa: S105 - refused outside dev, see validator
+
+
+class ServerSettings(BaseModel):
+    """HTTP server options for ``atelier serve``."""
+
+    host: str = Field("127.0.0.1", description="Interface uvicorn binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port uvicorn listens on.")
+    public_base_url: str | None = Field(
+        None,
+        description="Absolute base URL clients reach the API at (used in status_url/Location). "
+        "Defaults to the URL of the incoming request.",
+    )
+    threadpool_size: int = Field(40, ge=1, description="Worker threads for sync endpoints (also sizes the DB pool).")
+
+
+class DatabaseSettings(BaseModel):
+    """Where task rows live: SQLite file by default, PostgreSQL at scale."""
+
+    url: str | None = Field(
+        None,
+        description="SQLAlchemy URL. Empty: a SQLite file `atelier.db` inside `data_dir`. "
+        "PostgreSQL: `postgresql+psycopg://user@host/db`.",
+    )
+    echo: bool = Field(False, description="Log every SQL statement (debugging only).")
+    sqlite_busy_timeout_ms: int = Field(10_000, ge=0, description="How long SQLite waits for the write lock.")
+
+
+class BrokerSettings(BaseModel):
+    """The Celery broker. Empty URL = in-process memory transport with worker threads inside `serve`."""
+
+    url: str | None = Field(
+        None, description="Celery broker URL (`redis://…`, `amqp://…`). Empty: embedded in-memory broker."
+    )
+    polling_interval: float = Field(
+        0.005, gt=0, le=5, description="Seconds between polls of the in-memory broker (1 s default of kombu is too slow)."
+    )
+    embedded_worker: bool = Field(
+        True, description="Run Celery worker threads inside `atelier serve` (embedded mode only)."
+    )
+    embedded_concurrency: int = Field(4, ge=1, le=64, description="Worker threads of the embedded worker.")
+
+
+class TaskSettings(BaseModel):
+    """Retry, backoff and lease policy for task execution."""
+
+    max_retries: int = Field(3, ge=0, le=20, description="Retries of the primary provider before failing/fallback.")
+    retry_backoff_seconds: float = Field(2.0, ge=0, description="First retry delay; doubles each retry.")
+    retry_backoff_max_seconds: float = Field(300.0, ge=0, description="Cap of the retry delay.")
+    lease_seconds: float = Field(300.0, gt=0, description="How long a claim stays valid without a heartbeat.")
+    cancel_poll_seconds: float = Field(0.25, ge=0, description="Minimum interval between cancellation checks.")
+
+
+class StorageSettings(BaseModel):
+    """Where inputs and outputs are kept."""
+
+    backend: Literal["local"] = Field("local", description="Storage backend.")
+    local_root: Path | None = Field(None, description="Folder of the local backend. Empty: `data_dir/storage`.")
+    max_upload_bytes: int = Field(50 * 1024 * 1024, ge=1, description="Largest accepted upload.")
+    allowed_extensions: list[str] = Field(
+        default_factory=lambda: ["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"],
+        description="File extensions accepted by the image upload endpoint.",
+    )
+
+
+class InputSettings(BaseModel):
+    """Bounds and network policy for task input images."""
+
+    max_bytes: int = Field(25 * 1024 * 1024, ge=1, description="Largest input image, encoded.")
+    max_pixels: int = Field(40_000_000, ge=1, description="Largest input image, width×height.")
+    fetch_timeout_seconds: float = Field(30.0, gt=0, description="Timeout of one remote input fetch.")
+    allow_private_networks: list[str] = Field(
+        default_factory=list,
+        description="CIDRs or host names that may be fetched although they are private/loopback (SSRF allow-list).",
+    )
+
+
+class AuthSettings(BaseModel):
+    """JWT bearer authentication."""
+
+    secret_key: str = Field(DEV_SECRET, min_length=32, description="HMAC key for HS256 tokens. Set it in production.")
+    algorithm: Literal["HS256", "HS384", "HS512"] = Field("HS256", description="JWT signing algorithm.")
+    issuer: str = Field("atelier", description="`iss` claim minted and required.")
+    default_ttl_seconds: int = Field(30 * 24 * 3600, ge=60, description="Lifetime of tokens minted by `atelier token`.")
+
+
+class Settings(BaseSettings):
+    """All settings of Atelier Compute."""
+
+    model_config = SettingsConfigDict(env_prefix="ATELIER_", env_nested_delimiter="__", extra="ignore")
+
+    environment: Literal["dev", "test", "production"] = Field(
+        "dev", description="`production` refuses the built-in development signing key."
+    )
+    data_dir: Path = Field(Path("atelier-data"), description="Folder for the SQLite file and local storage.")
+    server: ServerSettings = Field(default_factory=ServerSettings)  # type: ignore[arg-type]
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)  # type: ignore[arg-type]
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)  # type: ignore[arg-type]
+    tasks: TaskSettings = Field(default_factory=TaskSettings)  # type: ignore[arg-type]
+    storage: StorageSettings = Field(default_factory=StorageSettings)  # type: ignore[arg-type]
+    inputs: InputSettings = Field(default_factory=InputSettings)  # type: ignore[arg-type]
+    auth: AuthSettings = Field(default_factory=AuthSettings)  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _refuse_dev_secret(self) -> Settings:
+        if self.environment == "production" and self.auth.secret_key == DEV_SECRET:
+            raise ValueError("ATELIER_AUTH__SECRET_KEY must be set outside dev: the built-in key is public")
+        return self
+
+    @property
+    def database_url(self) -> str:
+        """The effective SQLAlchemy URL."""
+        return self.database.url or f"sqlite:///{(self.data_dir / 'atelier.db').resolve()}"
+
+    @property
+    def storage_root(self) -> Path:
+        """The effective local storage folder."""
+        return (self.storage.local_root or self.data_dir / "storage").resolve()
+
+    @property
+    def embedded(self) -> bool:
+        """True when no external broker is configured (in-process Celery)."""
+        return not self.broker.url

@@ -1,0 +1,106 @@
+"""Status surfaces as views over task rows: Bria-style ``/v2/status`` and ``/v1/jobs``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from atelier.storage.service import TenantStorage
+from atelier.tasks.enums import ErrorCategory, TaskStatus
+from atelier.tasks.models import Task
+
+# Numeric codes of /v2/status errors, HTTP-like so clients can bucket them.
+ERROR_CODES: dict[str, int] = {
+    ErrorCategory.INVALID_INPUT: 422,
+    ErrorCategory.PROVIDER_ERROR: 502,
+    ErrorCategory.PROVIDER_NOT_AVAILABLE: 501,
+    ErrorCategory.PROVIDER_TIMEOUT: 504,
+    ErrorCategory.RATE_LIMITED: 429,
+    ErrorCategory.CONTENT_REJECTED: 451,
+    ErrorCategory.NETWORK_ERROR: 502,
+    ErrorCategory.STORAGE_ERROR: 500,
+    ErrorCategory.WORKER_LOST: 500,
+    ErrorCategory.CANCELLED: 499,
+    ErrorCategory.INTERNAL_ERROR: 500,
+}
+JOB_STATUS = {
+    TaskStatus.PENDING: "pending",
+    TaskStatus.EXECUTING: "processing",
+    TaskStatus.COMPLETED: "completed",
+    TaskStatus.FAILED: "failed",
+    TaskStatus.CANCELLED: "failed",
+}
+
+
+def media_url(storage: TenantStorage, base: str, path: str) -> str:
+    """Absolute URL of a stored file (the backend's public URL when it has one)."""
+    if path.lower().startswith(("http://", "https://")):
+        return path
+    return storage.public_url(path) or f"{base}/api/v1/storage/images/{path}"
+
+
+def result_of(task: Task, storage: TenantStorage, base: str) -> dict[str, Any]:
+    """The COMPLETED result: ``image_url`` or ``video_url`` plus what the task knows (seed, prompt…)."""
+    data = task.task_data or {}
+    result: dict[str, Any] = {}
+    images = [p for p in [data.get("result_image_path"), *(data.get("result_image_paths") or [])] if p]
+    if data.get("result_url"):
+        images.insert(0, data["result_url"])
+    if images:
+        result["image_url"] = media_url(storage, base, images[0])
+        if len(images) > 1:
+            result["image_urls"] = [media_url(storage, base, p) for p in images]
+    if data.get("result_video_path"):
+        result["video_url"] = media_url(storage, base, data["result_video_path"])
+    for key, out in (("seed", "seed"), ("prompt", "prompt"), ("result_text", "text")):
+        if data.get(key) is not None:
+            result[out] = data[key]
+    return result
+
+
+def last_error(task: Task) -> str:
+    """The most recent error message of a task."""
+    return (task.errors or ["failed"])[-1]
+
+
+def category_of(task: Task) -> ErrorCategory:
+    """The task's error category (INTERNAL_ERROR when unknown)."""
+    try:
+        return ErrorCategory(task.error_category or "INTERNAL_ERROR")
+    except ValueError:
+        return ErrorCategory.INTERNAL_ERROR
+
+
+def v2_status(task: Task, storage: TenantStorage, base: str) -> dict[str, Any]:
+    """Body of ``GET /v2/status/{request_id}`` for an existing task."""
+    status = TaskStatus(task.status)
+    body: dict[str, Any] = {"request_id": str(task.id)}
+    if status in (TaskStatus.PENDING, TaskStatus.EXECUTING):
+        body.update(status="IN_PROGRESS", progress=task.progress)
+    elif status is TaskStatus.COMPLETED:
+        body.update(status="COMPLETED", result=result_of(task, storage, base))
+    else:
+        category = category_of(task)
+        details = f"{category.value}: task {status.value.lower()} after {task.attempt} attempt(s)"
+        body.update(status="ERROR", error={"code": ERROR_CODES[category], "message": last_error(task), "details": details})
+    return body
+
+
+def v1_job(task: Task, storage: TenantStorage, base: str, public: dict[str, Any]) -> dict[str, Any]:
+    """Body of ``GET /v1/jobs/{id}``; absent timestamps are omitted, as the spec says."""
+    status = TaskStatus(task.status)
+    body: dict[str, Any] = {
+        "job_id": str(task.id),
+        "status": JOB_STATUS[status],
+        "created_at": task.created_at.isoformat(),
+        "scenes_completed": 1 if status is TaskStatus.COMPLETED else 0,
+        "scenes_total": 1,
+    }
+    if task.started_at:
+        body["started_at"] = task.started_at.isoformat()
+    if task.completed_at:
+        body["completed_at"] = task.completed_at.isoformat()
+    if status is TaskStatus.COMPLETED:
+        body["result"] = {**public, **result_of(task, storage, base)}
+    elif status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+        body["error"] = {"code": category_of(task).value.lower(), "message": last_error(task)}
+    return body

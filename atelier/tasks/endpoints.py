@@ -1,0 +1,149 @@
+"""HTTP endpoints of the Tasks API (including the generation-task endpoints)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Query, Request, Response
+
+from atelier.core.deps import PrincipalDep, RuntimeDep, SessionDep
+from atelier.tasks.enums import TaskStatus, TaskType
+from atelier.tasks.repository import TaskFilters
+from atelier.tasks.schemas import (
+    GenerationTaskPublic,
+    GenerationTaskUpdate,
+    TaskCleanupResponse,
+    TaskCreate,
+    TaskPublic,
+    TaskPublicBase,
+    TaskUpdate,
+)
+from atelier.tasks.service import TaskService
+from atelier.tasks.views import base_url, status_url, to_public
+
+router = APIRouter(prefix="/api/v1/tasks", tags=["Tasks"])
+
+Limit = Annotated[int, Query(ge=1, le=1000, description="Maximum number of tasks to return")]
+Skip = Annotated[int, Query(ge=0, description="Number of tasks to skip")]
+StatusQ = Annotated[TaskStatus | None, Query(description="Filter by status")]
+OriginInstance = Annotated[str | None, Query(description="Filter by origin instance")]
+OriginZone = Annotated[str | None, Query(description="Filter by origin zone")]
+OriginTenant = Annotated[str | None, Query(description="Filter by origin tenant ID")]
+
+
+def _generation(model: TaskPublicBase) -> GenerationTaskPublic:
+    assert isinstance(model, GenerationTaskPublic)
+    return model
+
+
+# The literal /generation routes are declared before /{task_id} so the path parameter cannot capture them.
+
+
+@router.put("/generation/{task_id}", summary="Update Generation Task")
+def update_generation_task(
+    task_id: uuid.UUID, body: GenerationTaskUpdate, session: SessionDep, rt: RuntimeDep, principal: PrincipalDep,
+    request: Request,
+) -> GenerationTaskPublic:
+    """Update a generation task."""
+    task = TaskService(session, rt, principal).update(task_id, body, task_type=TaskType.GENERATION)
+    return _generation(to_public(task, base_url(rt, request)))
+
+
+@router.get("/generation/{task_id}", summary="Get Generation Task")
+def get_generation_task(
+    task_id: uuid.UUID, session: SessionDep, rt: RuntimeDep, principal: PrincipalDep, request: Request
+) -> GenerationTaskPublic:
+    """Get a generation task by ID."""
+    task = TaskService(session, rt, principal).get(task_id, task_type=TaskType.GENERATION)
+    return _generation(to_public(task, base_url(rt, request)))
+
+
+@router.get("/generation", summary="List Generation Tasks")
+def list_generation_tasks(
+    session: SessionDep, rt: RuntimeDep, principal: PrincipalDep, request: Request,
+    limit: Limit = 100, skip: Skip = 0, status: StatusQ = None,
+    workflow_id: Annotated[str | None, Query(description="Filter by workflow ID")] = None,
+    origin_instance: OriginInstance = None, origin_zone: OriginZone = None, origin_tenant_id: OriginTenant = None,
+) -> list[GenerationTaskPublic]:
+    """List generation tasks, newest first."""
+    filters = TaskFilters(status, TaskType.GENERATION, origin_instance, origin_zone, origin_tenant_id, workflow_id)
+    base = base_url(rt, request)
+    return [_generation(to_public(t, base)) for t in TaskService(session, rt, principal).list(filters, limit=limit, skip=skip)]
+
+
+@router.post("/generation/{task_id}/cancel", summary="Cancel Generation Task")
+def cancel_generation_task(
+    task_id: uuid.UUID, session: SessionDep, rt: RuntimeDep, principal: PrincipalDep, request: Request
+) -> GenerationTaskPublic:
+    """Cancel a generation task."""
+    task = TaskService(session, rt, principal).cancel(task_id, task_type=TaskType.GENERATION)
+    return _generation(to_public(task, base_url(rt, request)))
+
+
+@router.post("/", summary="Create Task", response_model=TaskPublic)
+def create_task(
+    body: Annotated[TaskCreate, Body(title="Task Data")], session: SessionDep, rt: RuntimeDep,
+    principal: PrincipalDep, request: Request, response: Response,
+) -> TaskPublicBase:
+    """Create and start a new task. The response carries ``request_id``/``status_url`` and a Location header."""
+    task = TaskService(session, rt, principal).create(body)
+    base = base_url(rt, request)
+    response.headers["Location"] = status_url(base, task)
+    return to_public(task, base)
+
+
+@router.get("/", summary="List Tasks", response_model=list[TaskPublic])
+def list_tasks(
+    session: SessionDep, rt: RuntimeDep, principal: PrincipalDep, request: Request,
+    limit: Limit = 100, skip: Skip = 0, status: StatusQ = None,
+    task_type: Annotated[TaskType | None, Query(description="Filter by task type")] = None,
+    origin_instance: OriginInstance = None, origin_zone: OriginZone = None, origin_tenant_id: OriginTenant = None,
+) -> list[TaskPublicBase]:
+    """List tasks with optional filtering and pagination, newest first."""
+    filters = TaskFilters(status, task_type, origin_instance, origin_zone, origin_tenant_id)
+    base = base_url(rt, request)
+    return [to_public(t, base) for t in TaskService(session, rt, principal).list(filters, limit=limit, skip=skip)]
+
+
+@router.get("/{task_id}", summary="Get Task", response_model=TaskPublic)
+def get_task(
+    task_id: uuid.UUID, session: SessionDep, rt: RuntimeDep, principal: PrincipalDep, request: Request
+) -> TaskPublicBase:
+    """Get a task by ID."""
+    return to_public(TaskService(session, rt, principal).get(task_id), base_url(rt, request))
+
+
+@router.put("/{task_id}", summary="Update Task", response_model=TaskPublic)
+def update_task(
+    task_id: uuid.UUID, body: Annotated[TaskUpdate, Body(title="Update Data")], session: SessionDep,
+    rt: RuntimeDep, principal: PrincipalDep, request: Request,
+) -> TaskPublicBase:
+    """Update a task; the body is checked against the update schema of the task's type."""
+    task = TaskService(session, rt, principal).update(task_id, body)
+    return to_public(task, base_url(rt, request))
+
+
+@router.delete("/{task_id}", summary="Delete Task", response_model=TaskPublic)
+def delete_task(
+    task_id: uuid.UUID, session: SessionDep, rt: RuntimeDep, principal: PrincipalDep, request: Request
+) -> TaskPublicBase:
+    """Permanently delete the task's files, then its record (no audit trail). Returns the deleted task."""
+    service = TaskService(session, rt, principal)
+    task, _paths = service.delete(task_id)
+    return to_public(task, base_url(rt, request))
+
+
+@router.post("/{task_id}/cleanup", summary="Cleanup Task")
+def cleanup_task(task_id: uuid.UUID, session: SessionDep, rt: RuntimeDep, principal: PrincipalDep) -> TaskCleanupResponse:
+    """Mark the task deleted (is_deleted, deleted_at) and permanently remove its files; the record stays."""
+    return TaskService(session, rt, principal).cleanup(task_id)
+
+
+@router.post("/{task_id}/cancel", summary="Cancel Task", response_model=TaskPublic)
+def cancel_task(
+    task_id: uuid.UUID, session: SessionDep, rt: RuntimeDep, principal: PrincipalDep, request: Request
+) -> TaskPublicBase:
+    """Cancel a task: PENDING ones at once, EXECUTING ones as soon as the provider checks (between steps)."""
+    task = TaskService(session, rt, principal).cancel(task_id)
+    return to_public(task, base_url(rt, request))

@@ -1,0 +1,298 @@
+"""Running one task: claim, call the provider outside any transaction, record the outcome.
+
+Retry policy: ``ValueError``-class errors (bad input) fail at once; retryable and unexpected errors retry
+with exponential backoff up to ``max_retries``; after that (or after a fatal provider error) the fallback
+provider runs if one is configured; otherwise the task fails with a classified ``error_category``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from PIL import Image
+from pydantic import ValidationError
+from sqlalchemy import select, update
+
+from atelier.core.db import session_scope
+from atelier.core.errors import InvalidInputError
+from atelier.core.inputs import fetch_url, open_image
+from atelier.core.time import utcnow
+from atelier.engine.dispatch import Dispatch, enqueue
+from atelier.providers.base import (
+    ProviderContext,
+    ProviderError,
+    ProviderFatalError,
+    ProviderResult,
+    ProviderRetryableError,
+    TaskCancelledError,
+)
+from atelier.providers.registry import config_model
+from atelier.storage.service import TenantStorage
+from atelier.tasks.enums import OUTPUT_PREFIX, ErrorCategory, EventType, ProviderType, TaskStatus, TaskType
+from atelier.tasks.models import Task
+from atelier.tasks.transitions import claim, record_event, transition
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from atelier.core.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+MAX_RESUMES = 3
+
+
+class LeaseLostError(Exception):
+    """Another worker took the task over (our lease expired); stop without recording anything."""
+
+
+@dataclass
+class Plan:
+    """A snapshot of what to run, taken inside the claim transaction."""
+
+    task_id: uuid.UUID
+    tenant: str
+    task_type: TaskType
+    provider_type: ProviderType | None
+    provider_config: dict[str, Any] | None
+    capabilities: list[str]
+    inputs: dict[str, Any]
+    task_config: dict[str, Any]
+    attempt: int
+
+
+@dataclass
+class Outcome:
+    """What the provider run produced."""
+
+    kind: str  # completed | cancelled | invalid | retryable | fatal | lease_lost
+    message: str = ""
+    category: ErrorCategory | None = None
+    retry_after: float | None = None
+    result: ProviderResult | None = None
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+
+def dispatch_for(task: Task, countdown: float | None = None) -> Dispatch:
+    """The Celery message that runs ``task`` (its id is recorded as ``celery_task_id``)."""
+    message_id = uuid.uuid4().hex
+    task.celery_task_id = message_id
+    return Dispatch(task.id, task.queue_name, task.priority, message_id, countdown)
+
+
+def backoff_seconds(retry_count: int, base: float, cap: float, retry_after: float | None) -> float:
+    """Delay before retry ``retry_count`` (1-based): the provider's Retry-After, else base·2^(n-1)."""
+    if retry_after is not None:
+        return float(min(max(retry_after, 0.0), cap))
+    return float(min(base * 2 ** max(retry_count - 1, 0), cap))
+
+
+class TaskRunner:
+    """Executes tasks for one runtime (one per process; safe to call from many worker threads)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    def run(self, task_id: str) -> None:
+        """Entry point of the ``tasks.run`` Celery task."""
+        try:
+            tid = uuid.UUID(task_id)
+        except ValueError:
+            log.error("dropping message with malformed task id %r", task_id)
+            return
+        owner = f"{self.rt.worker_name}:{uuid.uuid4().hex[:8]}"
+        plan = self._claim(tid, owner)
+        if plan is None:
+            log.debug("task %s not claimable; message dropped", tid)
+            return
+        outcome = self._execute(plan, owner)
+        self._record(plan, owner, outcome)
+
+    def _claim(self, tid: uuid.UUID, owner: str) -> Plan | None:
+        with session_scope(self.rt.sessions) as session:
+            if not claim(session, tid, owner, self.rt.settings.tasks.lease_seconds, MAX_RESUMES):
+                return None
+            task = session.get(Task, tid)
+            assert task is not None
+            use_fallback = task.fallback_active
+            return Plan(
+                task_id=task.id,
+                tenant=task.tenant_id,
+                task_type=TaskType(task.task_type),
+                provider_type=_provider(task.fallback_provider_type if use_fallback else task.provider_type),
+                provider_config=task.fallback_provider_config if use_fallback else task.provider_config,
+                capabilities=list(task.active_provider_capabilities or []),
+                inputs=dict(task.task_data or {}),
+                task_config=dict(task.config or {}),
+                attempt=task.attempt,
+            )
+
+    # ------------------------------------------------------------------------------------ provider call
+
+    def _execute(self, plan: Plan, owner: str) -> Outcome:
+        requests: list[dict[str, Any]] = []
+        try:
+            result = self._call_provider(plan, owner, requests)
+            outcome = Outcome("completed", result=result)
+        except TaskCancelledError:
+            outcome = Outcome("cancelled", "cancelled while running", ErrorCategory.CANCELLED)
+        except LeaseLostError:
+            outcome = Outcome("lease_lost")
+        except (InvalidInputError, ValidationError, ValueError) as exc:
+            outcome = Outcome("invalid", f"invalid input: {exc}", ErrorCategory.INVALID_INPUT)
+        except ProviderRetryableError as exc:
+            outcome = Outcome("retryable", str(exc), exc.category, exc.retry_after)
+        except ProviderFatalError as exc:
+            outcome = Outcome("fatal", str(exc), exc.category)
+        except ProviderError as exc:
+            outcome = Outcome("retryable", str(exc), exc.category)
+        except httpx.TimeoutException as exc:
+            outcome = Outcome("retryable", f"timeout: {exc}", ErrorCategory.PROVIDER_TIMEOUT)
+        except httpx.HTTPError as exc:
+            outcome = Outcome("retryable", f"network error: {exc}", ErrorCategory.NETWORK_ERROR)
+        except OSError as exc:
+            outcome = Outcome("retryable", f"I/O error: {exc}", ErrorCategory.STORAGE_ERROR)
+        except Exception as exc:  # unexpected bug or library failure: retried, then failed, never lost
+            log.exception("task %s: unexpected error", plan.task_id)
+            outcome = Outcome("retryable", f"{type(exc).__name__}: {exc}", ErrorCategory.INTERNAL_ERROR)
+        outcome.requests = requests
+        return outcome
+
+    def _call_provider(self, plan: Plan, owner: str, requests: list[dict[str, Any]]) -> ProviderResult:
+        if plan.provider_type is None:
+            raise ProviderFatalError(
+                f"no provider_type for {plan.task_type.value} task", category=ErrorCategory.PROVIDER_NOT_AVAILABLE
+            )
+        provider = self.rt.providers.get(plan.provider_type, plan.task_type)
+        config = config_model(plan.provider_type).model_validate(plan.provider_config or {})
+        ctx = self._context(plan, owner, config, requests)
+        ctx.check_cancelled()
+        return provider.run(ctx)
+
+    def _context(self, plan: Plan, owner: str, config: Any, requests: list[dict[str, Any]]) -> ProviderContext:
+        storage = TenantStorage(self.rt.storage, plan.tenant)
+        probe = _Probe(self.rt, plan.task_id, owner)
+        return ProviderContext(
+            task_id=plan.task_id,
+            task_type=plan.task_type,
+            inputs=plan.inputs,
+            config=config,
+            capabilities=plan.capabilities,
+            task_config=plan.task_config,
+            storage=storage,
+            output_prefix=f"{OUTPUT_PREFIX[plan.task_type]}/{plan.task_id}",
+            attempt=plan.attempt,
+            http=self.rt.http,
+            load_image=lambda source, field_name: self._load_image(storage, source, field_name),
+            progress=probe.progress,
+            check_cancelled=probe.check_cancelled,
+            log_request=requests.append,
+        )
+
+    def _load_image(self, storage: TenantStorage, source: str, field_name: str) -> Image.Image:
+        limits = self.rt.fetch_limits
+        loc = ("task_data", field_name)
+        if source.lower().startswith(("http://", "https://")):
+            data = fetch_url(source, limits=limits, client=self.rt.http, loc=loc)
+        else:
+            data = storage.read(source)
+        return open_image(data, limits=limits, loc=loc)
+
+    # ------------------------------------------------------------------------------------ recording
+
+    def _record(self, plan: Plan, owner: str, outcome: Outcome) -> None:
+        if outcome.kind == "lease_lost":
+            log.warning("task %s: lease lost to another worker; outcome discarded", plan.task_id)
+            return
+        with session_scope(self.rt.sessions) as session:
+            task = session.get(Task, plan.task_id, with_for_update=True)
+            if task is None or task.status != TaskStatus.EXECUTING or task.lease_owner != owner:
+                log.warning("task %s changed hands while running; outcome discarded", plan.task_id)
+                return
+            task.service_requests = [*(task.service_requests or []), *outcome.requests]
+            self._apply(session, task, outcome)
+
+    def _apply(self, session: Session, task: Task, outcome: Outcome) -> None:
+        if outcome.kind == "completed" and outcome.result is not None:
+            task.task_data = {**(task.task_data or {}), **outcome.result.outputs}
+            task.service_task_id = outcome.result.service_task_id or task.service_task_id
+            transition(session, task, TaskStatus.COMPLETED, message="completed")
+        elif outcome.kind == "cancelled" or task.cancel_requested:
+            transition(session, task, TaskStatus.CANCELLED, message="cancelled", category=ErrorCategory.CANCELLED)
+        elif outcome.kind == "invalid":
+            transition(session, task, TaskStatus.FAILED, message=outcome.message, category=outcome.category)
+        else:
+            self._retry_or_fail(session, task, outcome)
+
+    def _retry_or_fail(self, session: Session, task: Task, outcome: Outcome) -> None:
+        settings = self.rt.settings.tasks
+        category = outcome.category or ErrorCategory.PROVIDER_ERROR
+        if outcome.kind == "retryable" and task.retry_count < task.max_retries:
+            task.retry_count += 1
+            delay = backoff_seconds(
+                task.retry_count, settings.retry_backoff_seconds, settings.retry_backoff_max_seconds, outcome.retry_after
+            )
+            message = f"attempt failed ({outcome.message}); retry {task.retry_count}/{task.max_retries} in {delay:g}s"
+            transition(session, task, TaskStatus.PENDING, message=message, category=category,
+                       not_before=utcnow() + timedelta(seconds=delay))
+            record_event(session, task, EventType.TASK_RETRY_SCHEDULED, message, {"delay_seconds": delay})
+            enqueue(session, dispatch_for(task, countdown=delay))
+        elif task.fallback_provider_type and not task.fallback_active:
+            task.fallback_active = True
+            task.retry_count = 0
+            task.active_provider_capabilities = task.fallback_provider_capabilities
+            message = f"primary provider failed ({outcome.message}); fallback {task.fallback_provider_type} activated"
+            transition(session, task, TaskStatus.PENDING, message=message, category=category)
+            record_event(session, task, EventType.TASK_FALLBACK_ACTIVATED, message)
+            enqueue(session, dispatch_for(task))
+        else:
+            transition(session, task, TaskStatus.FAILED, message=outcome.message, category=category)
+
+
+class _Probe:
+    """Progress reporting, lease heartbeat and cancellation checks for one running task."""
+
+    def __init__(self, runtime: Runtime, task_id: uuid.UUID, owner: str) -> None:
+        self.rt = runtime
+        self.task_id = task_id
+        self.owner = owner
+        self._last_check = 0.0
+
+    def progress(self, percent: float) -> None:
+        """Record progress (0–100) and extend the lease."""
+        self._touch({"progress": max(0.0, min(100.0, float(percent)))})
+
+    def check_cancelled(self) -> None:
+        """Raise TaskCancelledError if the cancel flag is set (polled at most every cancel_poll_seconds)."""
+        now = time.monotonic()
+        if now - self._last_check < self.rt.settings.tasks.cancel_poll_seconds:
+            return
+        self._last_check = now
+        with session_scope(self.rt.sessions) as session:
+            flag = session.execute(select(Task.cancel_requested).where(Task.id == self.task_id)).scalar()
+        if flag:
+            raise TaskCancelledError()
+        self._touch({})
+
+    def _touch(self, values: dict[str, Any]) -> None:
+        now = utcnow()
+        lease = now + timedelta(seconds=self.rt.settings.tasks.lease_seconds)
+        with session_scope(self.rt.sessions) as session:
+            result = session.execute(
+                update(Task)
+                .where(Task.id == self.task_id, Task.lease_owner == self.owner)
+                .values(heartbeat_at=now, lease_expires_at=lease, **values)
+                .execution_options(synchronize_session=False)
+            )
+        if result.rowcount == 0:  # type: ignore[attr-defined]
+            raise LeaseLostError()
+
+
+def _provider(value: str | None) -> ProviderType | None:
+    return ProviderType(value) if value else None

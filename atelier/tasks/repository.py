@@ -1,0 +1,70 @@
+"""Every query on tasks."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
+
+from atelier.tasks.enums import TaskStatus, TaskType
+from atelier.tasks.models import Task
+
+
+@dataclass(frozen=True)
+class TaskFilters:
+    """List filters of the Tasks API (all optional, combined with AND)."""
+
+    status: TaskStatus | None = None
+    task_type: TaskType | None = None
+    origin_instance: str | None = None
+    origin_zone: str | None = None
+    origin_tenant_id: str | None = None
+    workflow_id: str | None = None
+    include_deleted: bool = True
+
+
+def get_for_tenant(session: Session, tenant: str, task_id: uuid.UUID, *, for_update: bool = False) -> Task | None:
+    """The task if it exists and belongs to ``tenant``."""
+    stmt = select(Task).where(Task.id == task_id, Task.tenant_id == tenant)
+    if for_update:
+        stmt = stmt.with_for_update()
+    return session.execute(stmt).scalar_one_or_none()
+
+
+def _filtered(tenant: str, f: TaskFilters) -> Select[tuple[Task]]:
+    stmt = select(Task).where(Task.tenant_id == tenant)
+    for column, value in (
+        (Task.status, f.status),
+        (Task.task_type, f.task_type),
+        (Task.origin_instance, f.origin_instance),
+        (Task.origin_zone, f.origin_zone),
+        (Task.origin_tenant_id, f.origin_tenant_id),
+        (Task.workflow_id, f.workflow_id),
+    ):
+        if value is not None:
+            stmt = stmt.where(column == value)
+    if not f.include_deleted:
+        stmt = stmt.where(Task.is_deleted.is_(False))
+    return stmt
+
+
+def list_for_tenant(session: Session, tenant: str, filters: TaskFilters, *, limit: int, skip: int) -> Sequence[Task]:
+    """Newest first, with limit/skip pagination."""
+    stmt = _filtered(tenant, filters).order_by(Task.created_at.desc(), Task.id.desc()).offset(skip).limit(limit)
+    return session.execute(stmt).scalars().all()
+
+
+def recoverable(session: Session, *, stale_before: datetime | None) -> Sequence[Task]:
+    """PENDING tasks (all of them) and EXECUTING tasks whose lease expired before ``stale_before``."""
+    stmt = select(Task).where(Task.is_deleted.is_(False), Task.status == TaskStatus.PENDING.value)
+    pending = list(session.execute(stmt).scalars())
+    if stale_before is None:
+        return pending
+    stale = select(Task).where(
+        Task.status == TaskStatus.EXECUTING.value, Task.lease_expires_at < stale_before, Task.is_deleted.is_(False)
+    )
+    return pending + list(session.execute(stale).scalars())

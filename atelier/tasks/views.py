@@ -1,0 +1,40 @@
+"""Turning task rows into the public read models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+
+from atelier.core.runtime import Runtime
+from atelier.tasks.enums import TaskType
+from atelier.tasks.models import Task
+from atelier.tasks.schemas import PUBLIC_MODELS, TaskPublicBase
+
+ROW_FIELDS = tuple(
+    name for name in TaskPublicBase.model_fields if name not in {"request_id", "status_url"}
+)
+
+
+def base_url(runtime: Runtime, request: Request) -> str:
+    """Absolute base URL of the API, without a trailing slash."""
+    return (runtime.settings.server.public_base_url or str(request.base_url)).rstrip("/")
+
+
+def status_url(base: str, task: Task) -> str:
+    """Where the Bria-style status of ``task`` is polled."""
+    return f"{base}/v2/status/{task.id}"
+
+
+def task_fields(task: Task) -> dict[str, Any]:
+    """Row columns and type-specific data merged into one dict (the shape of the public schemas)."""
+    data: dict[str, Any] = {name: getattr(task, name) for name in ROW_FIELDS}
+    data.update(task.task_data or {})
+    return data
+
+
+def to_public(task: Task, base: str) -> TaskPublicBase:
+    """The type-specific public model of a task."""
+    data = task_fields(task)
+    data.update(request_id=str(task.id), status_url=status_url(base, task))
+    return PUBLIC_MODELS[TaskType(task.task_type)].model_validate(data)
