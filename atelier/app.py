@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from sqlalchemy import text
 
 from atelier import __version__
+from atelier.admin.endpoints import router as admin_router
 from atelier.core.http import BodySizeLimit, install_error_handlers
 from atelier.core.runtime import Runtime, build_runtime
 from atelier.engine.embedded import EmbeddedWorker
@@ -35,7 +36,9 @@ def _start_engine(runtime: Runtime) -> EmbeddedWorker | None:
     settings = runtime.settings
     worker = None
     if settings.embedded and settings.broker.embedded_worker:
-        worker = EmbeddedWorker(runtime.celery, concurrency=settings.broker.embedded_concurrency, queues=list(ALL_QUEUES))
+        worker = EmbeddedWorker(
+            runtime.celery, concurrency=settings.broker.embedded_concurrency, queues=list(ALL_QUEUES)
+        )
         worker.start()
     recover(runtime, orphan_running=settings.embedded)
     return worker
@@ -62,10 +65,14 @@ def create_app(settings: Settings | None = None, *, providers: ProviderRegistry 
 
     app = FastAPI(title="Atelier Compute", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=max(settings.storage.max_upload_bytes, settings.inputs.max_bytes * 2) + 1024 * 1024)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=max(settings.storage.max_upload_bytes, settings.inputs.max_bytes * 2) + 1024 * 1024,
+    )
     app.include_router(tasks_router)
     app.include_router(storage_router)
     app.include_router(status_router)
+    app.include_router(admin_router)
     app.add_api_route("/health", health, methods=["GET"], summary="Health Check", include_in_schema=True)
     return app
 

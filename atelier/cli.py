@@ -28,8 +28,6 @@ def serve(
 
     settings = Settings()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if settings.database.url is None:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
     if migrate_first:
         upgrade(settings.database_url)
     uvicorn.run(create_app(settings), host=host or settings.server.host, port=port or settings.server.port)
@@ -41,8 +39,6 @@ def migrate(revision: Annotated[str, typer.Argument(help="Target revision")] = "
     from atelier.core.migrate import upgrade
 
     settings = Settings()
-    if settings.database.url is None:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.database_url, revision)
     typer.echo(f"database at {revision}: {settings.database_url}")
 

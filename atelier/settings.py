@@ -43,7 +43,10 @@ class BrokerSettings(BaseModel):
         None, description="Celery broker URL (`redis://…`, `amqp://…`). Empty: embedded in-memory broker."
     )
     polling_interval: float = Field(
-        0.005, gt=0, le=5, description="Seconds between polls of the in-memory broker (1 s default of kombu is too slow)."
+        0.005,
+        gt=0,
+        le=5,
+        description="Seconds between polls of the in-memory broker (1 s default of kombu is too slow).",
     )
     embedded_worker: bool = Field(
         True, description="Run Celery worker threads inside `atelier serve` (embedded mode only)."
@@ -103,13 +106,13 @@ class Settings(BaseSettings):
         "dev", description="`production` refuses the built-in development signing key."
     )
     data_dir: Path = Field(Path("atelier-data"), description="Folder for the SQLite file and local storage.")
-    server: ServerSettings = Field(default_factory=ServerSettings)  # type: ignore[arg-type]
-    database: DatabaseSettings = Field(default_factory=DatabaseSettings)  # type: ignore[arg-type]
-    broker: BrokerSettings = Field(default_factory=BrokerSettings)  # type: ignore[arg-type]
-    tasks: TaskSettings = Field(default_factory=TaskSettings)  # type: ignore[arg-type]
-    storage: StorageSettings = Field(default_factory=StorageSettings)  # type: ignore[arg-type]
-    inputs: InputSettings = Field(default_factory=InputSettings)  # type: ignore[arg-type]
-    auth: AuthSettings = Field(default_factory=AuthSettings)  # type: ignore[arg-type]
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    tasks: TaskSettings = Field(default_factory=TaskSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    inputs: InputSettings = Field(default_factory=InputSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
     @model_validator(mode="after")
     def _refuse_dev_secret(self) -> Settings:

@@ -43,7 +43,12 @@ class Principal:
 
 
 def mint_token(
-    settings: AuthSettings, *, tenant: str, role: Role, subject: str | None = None, ttl_seconds: int | None = None
+    settings: AuthSettings,
+    *,
+    tenant: str,
+    role: Role,
+    subject: str | None = None,
+    ttl_seconds: int | None = None,
 ) -> str:
     """Sign a token for ``tenant`` with ``role``."""
     if not TENANT_RE.match(tenant):
@@ -79,6 +84,6 @@ def decode_token(settings: AuthSettings, token: str) -> Principal:
     if not isinstance(tenant, str) or not TENANT_RE.match(tenant):
         raise AuthError("invalid token: missing or malformed tenant claim")
     try:
-        return Principal(subject=str(claims["sub"]), tenant=tenant, role=Role(role))
+        return Principal(subject=str(claims["sub"]), tenant=tenant, role=Role(str(role)))
     except ValueError as exc:
         raise AuthError(f"invalid token: unknown role {role!r}") from exc

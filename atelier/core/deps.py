@@ -58,7 +58,9 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 def get_status_principal(
     runtime: RuntimeDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
-    api_token: Annotated[str | None, Header(description="The JWT, as the Bria status API sends it")] = None,
+    api_token: Annotated[
+        str | None, Header(convert_underscores=False, description="The JWT, as the Bria status API sends it")
+    ] = None,
 ) -> Principal:
     """Status surfaces accept the JWT as a bearer token or in the ``api_token`` header."""
     token = credentials.credentials if credentials else api_token

@@ -33,7 +33,9 @@ def _surface(request: Request) -> str:
     return "compute"
 
 
-def render(request: Request, status: int, code: str, message: str, details: Any, loc: tuple[Any, ...] = ()) -> JSONResponse:
+def render(
+    request: Request, status: int, code: str, message: str, details: Any, loc: tuple[Any, ...] = ()
+) -> JSONResponse:
     """One error, in the envelope of the surface the request hit."""
     headers = {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None
     surface = _surface(request)
@@ -101,19 +103,25 @@ class BodySizeLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
-                raise _BodyTooLarge()
+                raise _BodyTooLargeError()
             return message
 
         try:
             await self.app(scope, limited, send)
-        except _BodyTooLarge:
+        except _BodyTooLargeError:
             await self._too_large(send)
 
     async def _too_large(self, send: Send) -> None:
         body = b'{"detail":"request body too large","code":"payload_too_large"}'
-        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
-class _BodyTooLarge(Exception):
+class _BodyTooLargeError(Exception):
     pass

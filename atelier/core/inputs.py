@@ -272,9 +272,7 @@ def fetch_url(url: str, *, limits: FetchLimits, client: httpx.Client | None = No
                         current = str(resp.url.join(resp.headers["location"]))
                         continue
                     if not resp.is_success:
-                        raise InvalidInputError(
-                            f"fetching {target} failed with HTTP {resp.status_code}", loc=loc
-                        )
+                        raise InvalidInputError(f"fetching {target} failed with HTTP {resp.status_code}", loc=loc)
                     return _read_limited(resp, limits=limits, deadline=deadline, loc=loc)
             except httpx.TimeoutException as exc:
                 raise InvalidInputError(f"timed out fetching {target}", loc=loc) from exc

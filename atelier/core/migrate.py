@@ -18,8 +18,16 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
+def ensure_sqlite_folder(url: str) -> None:
+    """Create the folder of a SQLite file database (the embedded default needs no other setup)."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and ":memory:" not in url:
+        Path(url[len(prefix) :]).parent.mkdir(parents=True, exist_ok=True)
+
+
 def upgrade(url: str, revision: str = "head") -> None:
     """Apply migrations up to ``revision``."""
+    ensure_sqlite_folder(url)
     command.upgrade(alembic_config(url), revision)
 
 

@@ -42,7 +42,8 @@ def create_celery(settings: Settings, run_task: Callable[[str], None]) -> Celery
         enable_utc=True,
     )
 
-    @app.task(name=RUN_TASK, ignore_result=True)  # type: ignore[untyped-decorator]
+    # shared=False: each app (e.g. several in one test process) must call its own runtime's runner.
+    @app.task(name=RUN_TASK, ignore_result=True, shared=False)
     def run(task_id: str) -> None:
         run_task(task_id)
 

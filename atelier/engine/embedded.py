@@ -13,7 +13,7 @@ from celery.worker import WorkController
 log = logging.getLogger(__name__)
 
 
-class _Controller(WorkController):  # type: ignore[misc]
+class _Controller(WorkController):
     """A WorkController that reports when its consumer is ready."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -37,6 +37,9 @@ class EmbeddedWorker:
 
     def start(self, timeout: float = 30.0) -> None:
         """Start the worker and wait until it consumes."""
+        # Celery's thread pool resolves tasks through the process-wide default app, so the embedded worker's
+        # app must be it: one embedded worker per process.
+        self.app.set_default()
         self._controller = _Controller(
             app=self.app,
             hostname=self.hostname,

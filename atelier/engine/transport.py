@@ -33,7 +33,7 @@ def purge_vhost(vhost: str) -> None:
         _registry.pop(vhost, None)
 
 
-class Channel(virtual.Channel):  # type: ignore[misc]
+class Channel(virtual.Channel):
     """Channel whose queues are priority queues scoped to the connection's virtual host."""
 
     do_restore = False
@@ -41,7 +41,8 @@ class Channel(virtual.Channel):  # type: ignore[misc]
 
     @property
     def _queues(self) -> dict[str, PriorityQueue[tuple[int, int, Any]]]:
-        return _queues_for(str(self.connection.client.virtual_host or "/"))
+        client = self.connection.client if self.connection is not None else None
+        return _queues_for(str(getattr(client, "virtual_host", None) or "/"))
 
     def _queue_for(self, queue: str) -> PriorityQueue[tuple[int, int, Any]]:
         queues = self._queues
@@ -64,7 +65,7 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         self._queue_for(queue).put((-self._get_message_priority(message), next(_sequence), message))
 
     def _put_fanout(self, exchange: str, message: Any, routing_key: str | None = None, **kwargs: Any) -> None:
-        for queue in self._lookup(exchange, routing_key):
+        for queue in self._lookup(exchange, routing_key or ""):
             self._put(queue, message)
 
     def _queue_bind(self, *args: Any) -> None:
@@ -88,7 +89,7 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         pass
 
 
-class Transport(virtual.Transport):  # type: ignore[misc]
+class Transport(virtual.Transport):
     """The embedded transport (``atelier-memory://localhost/<vhost>``)."""
 
     Channel = Channel
@@ -103,6 +104,10 @@ class Transport(virtual.Transport):  # type: ignore[misc]
         vhost = str(client.virtual_host or "/")
         with _registry_lock:
             self.state = self._states.setdefault(vhost, virtual.BrokerState())
+
+    def drain_events(self, connection: Any, timeout: float | None = None, **kwargs: Any) -> None:
+        """Wait at most 0.1 s per call: Celery's loop re-checks for shutdown between calls (it asks for 2 s)."""
+        super().drain_events(connection, timeout=min(timeout, 0.1) if timeout is not None else None)
 
     def driver_version(self) -> str:
         """No driver library behind this transport."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import engine_from_config, pool
+from sqlalchemy import Connection, engine_from_config, pool
 
 import atelier.tasks.models  # noqa: F401 - registers the tables on the metadata
 from atelier.core.db import Base
@@ -14,27 +14,28 @@ target_metadata = Base.metadata
 
 def run_offline() -> None:
     """Emit SQL without a connection."""
-    context.configure(url=config.get_main_option("sqlalchemy.url"), target_metadata=target_metadata,
-                      literal_binds=True, compare_type=True, render_as_batch=True)
+    context.configure(
+        url=config.get_main_option("sqlalchemy.url"),
+        target_metadata=target_metadata,
+        literal_binds=True,
+        compare_type=True,
+        render_as_batch=True,
+    )
     with context.begin_transaction():
         context.run_migrations()
 
 
 def run_online() -> None:
     """Apply migrations on a live connection (batch mode so SQLite can alter tables)."""
-    connectable = config.attributes.get("connection") or engine_from_config(
+    engine = engine_from_config(
         config.get_section(config.config_ini_section, {}), prefix="sqlalchemy.", poolclass=pool.NullPool
     )
-    if hasattr(connectable, "connect"):
-        with connectable.connect() as connection:
-            _run(connection)
-    else:
-        _run(connectable)
+    with engine.connect() as connection:
+        _run(connection)
 
 
-def _run(connection: object) -> None:
-    context.configure(connection=connection, target_metadata=target_metadata, compare_type=True,
-                      render_as_batch=True)
+def _run(connection: Connection) -> None:
+    context.configure(connection=connection, target_metadata=target_metadata, compare_type=True, render_as_batch=True)
     with context.begin_transaction():
         context.run_migrations()
 

@@ -98,7 +98,14 @@ class LocalProviderConfig(_Config):
 
     provider_type: Literal[ProviderType.LOCAL] = ProviderType.LOCAL
     rembg_model: Literal[
-        "u2net", "u2netp", "u2net_human_seg", "u2net_cloth_seg", "silueta", "isnet-general-use", "isnet-anime", "sam"
+        "u2net",
+        "u2netp",
+        "u2net_human_seg",
+        "u2net_cloth_seg",
+        "silueta",
+        "isnet-general-use",
+        "isnet-anime",
+        "sam",
     ] = Field("u2netp", description="Rembg model for background removal (u2netp ships with the service).")
 
 

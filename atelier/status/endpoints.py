@@ -32,9 +32,16 @@ def _find(session: Any, tenant: str, raw_id: str) -> Task | None:
     "/v2/status/{request_id}",
     summary="Get Request Status",
     operation_id="get_status",
-    responses={404: {"description": "request_id unknown or expired", "content": {"application/json": {"example": {"status": "NOT_FOUND"}}}}},
+    responses={
+        404: {
+            "description": "request_id unknown or expired",
+            "content": {"application/json": {"example": {"status": "NOT_FOUND"}}},
+        }
+    },
 )
-def get_status(request_id: str, session: SessionDep, rt: RuntimeDep, principal: StatusPrincipalDep, request: Request) -> JSONResponse:
+def get_status(
+    request_id: str, session: SessionDep, rt: RuntimeDep, principal: StatusPrincipalDep, request: Request
+) -> JSONResponse:
     """IN_PROGRESS / COMPLETED (with result) / ERROR (with error) — always 200 for a known request."""
     task = _find(session, principal.tenant, request_id)
     if task is None:
@@ -44,7 +51,9 @@ def get_status(request_id: str, session: SessionDep, rt: RuntimeDep, principal: 
 
 
 @router.get("/v1/jobs/{id}", summary="Get generation job status")
-def get_job(id: str, session: SessionDep, rt: RuntimeDep, principal: StatusPrincipalDep, request: Request) -> JSONResponse:  # noqa: A002 - spec name
+def get_job(
+    id: str, session: SessionDep, rt: RuntimeDep, principal: StatusPrincipalDep, request: Request
+) -> JSONResponse:
     """pending / processing / completed (with result) / failed (with error)."""
     task = _find(session, principal.tenant, id)
     if task is None:

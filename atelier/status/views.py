@@ -81,7 +81,10 @@ def v2_status(task: Task, storage: TenantStorage, base: str) -> dict[str, Any]:
     else:
         category = category_of(task)
         details = f"{category.value}: task {status.value.lower()} after {task.attempt} attempt(s)"
-        body.update(status="ERROR", error={"code": ERROR_CODES[category], "message": last_error(task), "details": details})
+        body.update(
+            status="ERROR",
+            error={"code": ERROR_CODES[category], "message": last_error(task), "details": details},
+        )
     return body
 
 

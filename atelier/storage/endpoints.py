@@ -85,13 +85,20 @@ def head_image(path: str, rt: RuntimeDep, principal: PrincipalDep) -> Response:
     obj = TenantStorage(rt.storage, principal.tenant).require(path)
     return Response(
         status_code=200,
-        headers={"Content-Length": str(obj.size), "Content-Type": obj.content_type, "Last-Modified": obj.last_modified_iso},
+        headers={
+            "Content-Length": str(obj.size),
+            "Content-Type": obj.content_type,
+            "Last-Modified": obj.last_modified_iso,
+        },
     )
 
 
 @router.post("/images/{path:path}", summary="Save Image")
 def save_image(
-    path: str, rt: RuntimeDep, principal: PrincipalDep, file: Annotated[UploadFile, File(description="The image")]
+    path: str,
+    rt: RuntimeDep,
+    principal: PrincipalDep,
+    file: Annotated[UploadFile, File(description="The image")],
 ) -> StorageObjectRead:
     """Store an uploaded image at ``path`` (bounded size, known image format, pixel limit)."""
     principal.require_write()

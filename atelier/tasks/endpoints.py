@@ -42,7 +42,11 @@ def _generation(model: TaskPublicBase) -> GenerationTaskPublic:
 
 @router.put("/generation/{task_id}", summary="Update Generation Task")
 def update_generation_task(
-    task_id: uuid.UUID, body: GenerationTaskUpdate, session: SessionDep, rt: RuntimeDep, principal: PrincipalDep,
+    task_id: uuid.UUID,
+    body: GenerationTaskUpdate,
+    session: SessionDep,
+    rt: RuntimeDep,
+    principal: PrincipalDep,
     request: Request,
 ) -> GenerationTaskPublic:
     """Update a generation task."""
@@ -61,15 +65,25 @@ def get_generation_task(
 
 @router.get("/generation", summary="List Generation Tasks")
 def list_generation_tasks(
-    session: SessionDep, rt: RuntimeDep, principal: PrincipalDep, request: Request,
-    limit: Limit = 100, skip: Skip = 0, status: StatusQ = None,
+    session: SessionDep,
+    rt: RuntimeDep,
+    principal: PrincipalDep,
+    request: Request,
+    limit: Limit = 100,
+    skip: Skip = 0,
+    status: StatusQ = None,
     workflow_id: Annotated[str | None, Query(description="Filter by workflow ID")] = None,
-    origin_instance: OriginInstance = None, origin_zone: OriginZone = None, origin_tenant_id: OriginTenant = None,
+    origin_instance: OriginInstance = None,
+    origin_zone: OriginZone = None,
+    origin_tenant_id: OriginTenant = None,
 ) -> list[GenerationTaskPublic]:
     """List generation tasks, newest first."""
     filters = TaskFilters(status, TaskType.GENERATION, origin_instance, origin_zone, origin_tenant_id, workflow_id)
     base = base_url(rt, request)
-    return [_generation(to_public(t, base)) for t in TaskService(session, rt, principal).list(filters, limit=limit, skip=skip)]
+    return [
+        _generation(to_public(t, base))
+        for t in TaskService(session, rt, principal).find(filters, limit=limit, skip=skip)
+    ]
 
 
 @router.post("/generation/{task_id}/cancel", summary="Cancel Generation Task")
@@ -83,8 +97,12 @@ def cancel_generation_task(
 
 @router.post("/", summary="Create Task", response_model=TaskPublic)
 def create_task(
-    body: Annotated[TaskCreate, Body(title="Task Data")], session: SessionDep, rt: RuntimeDep,
-    principal: PrincipalDep, request: Request, response: Response,
+    body: Annotated[TaskCreate, Body(title="Task Data")],
+    session: SessionDep,
+    rt: RuntimeDep,
+    principal: PrincipalDep,
+    request: Request,
+    response: Response,
 ) -> TaskPublicBase:
     """Create and start a new task. The response carries ``request_id``/``status_url`` and a Location header."""
     task = TaskService(session, rt, principal).create(body)
@@ -95,15 +113,22 @@ def create_task(
 
 @router.get("/", summary="List Tasks", response_model=list[TaskPublic])
 def list_tasks(
-    session: SessionDep, rt: RuntimeDep, principal: PrincipalDep, request: Request,
-    limit: Limit = 100, skip: Skip = 0, status: StatusQ = None,
+    session: SessionDep,
+    rt: RuntimeDep,
+    principal: PrincipalDep,
+    request: Request,
+    limit: Limit = 100,
+    skip: Skip = 0,
+    status: StatusQ = None,
     task_type: Annotated[TaskType | None, Query(description="Filter by task type")] = None,
-    origin_instance: OriginInstance = None, origin_zone: OriginZone = None, origin_tenant_id: OriginTenant = None,
+    origin_instance: OriginInstance = None,
+    origin_zone: OriginZone = None,
+    origin_tenant_id: OriginTenant = None,
 ) -> list[TaskPublicBase]:
     """List tasks with optional filtering and pagination, newest first."""
     filters = TaskFilters(status, task_type, origin_instance, origin_zone, origin_tenant_id)
     base = base_url(rt, request)
-    return [to_public(t, base) for t in TaskService(session, rt, principal).list(filters, limit=limit, skip=skip)]
+    return [to_public(t, base) for t in TaskService(session, rt, principal).find(filters, limit=limit, skip=skip)]
 
 
 @router.get("/{task_id}", summary="Get Task", response_model=TaskPublic)
@@ -116,8 +141,12 @@ def get_task(
 
 @router.put("/{task_id}", summary="Update Task", response_model=TaskPublic)
 def update_task(
-    task_id: uuid.UUID, body: Annotated[TaskUpdate, Body(title="Update Data")], session: SessionDep,
-    rt: RuntimeDep, principal: PrincipalDep, request: Request,
+    task_id: uuid.UUID,
+    body: Annotated[TaskUpdate, Body(title="Update Data")],
+    session: SessionDep,
+    rt: RuntimeDep,
+    principal: PrincipalDep,
+    request: Request,
 ) -> TaskPublicBase:
     """Update a task; the body is checked against the update schema of the task's type."""
     task = TaskService(session, rt, principal).update(task_id, body)
@@ -135,7 +164,9 @@ def delete_task(
 
 
 @router.post("/{task_id}/cleanup", summary="Cleanup Task")
-def cleanup_task(task_id: uuid.UUID, session: SessionDep, rt: RuntimeDep, principal: PrincipalDep) -> TaskCleanupResponse:
+def cleanup_task(
+    task_id: uuid.UUID, session: SessionDep, rt: RuntimeDep, principal: PrincipalDep
+) -> TaskCleanupResponse:
     """Mark the task deleted (is_deleted, deleted_at) and permanently remove its files; the record stays."""
     return TaskService(session, rt, principal).cleanup(task_id)
 

@@ -167,7 +167,8 @@ class TaskRunner:
     def _call_provider(self, plan: Plan, owner: str, requests: list[dict[str, Any]]) -> ProviderResult:
         if plan.provider_type is None:
             raise ProviderFatalError(
-                f"no provider_type for {plan.task_type.value} task", category=ErrorCategory.PROVIDER_NOT_AVAILABLE
+                f"no provider_type for {plan.task_type.value} task",
+                category=ErrorCategory.PROVIDER_NOT_AVAILABLE,
             )
         provider = self.rt.providers.get(plan.provider_type, plan.task_type)
         config = config_model(plan.provider_type).model_validate(plan.provider_config or {})
@@ -236,11 +237,20 @@ class TaskRunner:
         if outcome.kind == "retryable" and task.retry_count < task.max_retries:
             task.retry_count += 1
             delay = backoff_seconds(
-                task.retry_count, settings.retry_backoff_seconds, settings.retry_backoff_max_seconds, outcome.retry_after
+                task.retry_count,
+                settings.retry_backoff_seconds,
+                settings.retry_backoff_max_seconds,
+                outcome.retry_after,
             )
             message = f"attempt failed ({outcome.message}); retry {task.retry_count}/{task.max_retries} in {delay:g}s"
-            transition(session, task, TaskStatus.PENDING, message=message, category=category,
-                       not_before=utcnow() + timedelta(seconds=delay))
+            transition(
+                session,
+                task,
+                TaskStatus.PENDING,
+                message=message,
+                category=category,
+                not_before=utcnow() + timedelta(seconds=delay),
+            )
             record_event(session, task, EventType.TASK_RETRY_SCHEDULED, message, {"delay_seconds": delay})
             enqueue(session, dispatch_for(task, countdown=delay))
         elif task.fallback_provider_type and not task.fallback_active:

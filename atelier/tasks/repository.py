@@ -35,7 +35,7 @@ def get_for_tenant(session: Session, tenant: str, task_id: uuid.UUID, *, for_upd
     return session.execute(stmt).scalar_one_or_none()
 
 
-def _filtered(tenant: str, f: TaskFilters) -> Select[tuple[Task]]:
+def _filtered(tenant: str, f: TaskFilters) -> Select[Task]:
     stmt = select(Task).where(Task.tenant_id == tenant)
     for column, value in (
         (Task.status, f.status),
@@ -65,6 +65,8 @@ def recoverable(session: Session, *, stale_before: datetime | None) -> Sequence[
     if stale_before is None:
         return pending
     stale = select(Task).where(
-        Task.status == TaskStatus.EXECUTING.value, Task.lease_expires_at < stale_before, Task.is_deleted.is_(False)
+        Task.status == TaskStatus.EXECUTING.value,
+        Task.lease_expires_at < stale_before,
+        Task.is_deleted.is_(False),
     )
     return pending + list(session.execute(stale).scalars())

@@ -37,7 +37,8 @@ class TaskCreateBase(BaseModel):
         None, description="List of active capabilities for this task"
     )
     fallback_provider_type: ProviderType | None = Field(
-        None, description="Fallback provider activated when primary exhausts all retries (non-ValueError only)."
+        None,
+        description="Fallback provider activated when primary exhausts all retries (non-ValueError only).",
     )
     fallback_provider_config: dict[str, Any] | None = Field(
         None, description="Provider-specific config for the fallback provider. Shape varies by provider type."
@@ -52,12 +53,17 @@ class TaskCreateBase(BaseModel):
     )
     webhook_url: str | None = Field(None, max_length=2048, description="Webhook URL")
     origin_instance: str = Field(
-        "unknown", min_length=1, max_length=255, description="Identifier for the instance that created this task"
+        "unknown",
+        min_length=1,
+        max_length=255,
+        description="Identifier for the instance that created this task",
     )
     origin_zone: str | None = Field(None, max_length=100, description="Environment/zone identifier (e.g., 'eu', 'us')")
     origin_tenant_id: str | None = Field(None, max_length=255, description="Optional tenant/organization identifier")
     origin_reference: str | None = Field(
-        None, max_length=512, description="Optional id or reference string from the origin (e.g. a prediction id)"
+        None,
+        max_length=512,
+        description="Optional id or reference string from the origin (e.g. a prediction id)",
     )
 
     @field_validator("webhook_url")
@@ -256,7 +262,8 @@ class CreateImageAdjusterTask(TaskCreateBase):
     )
     resampling: Resampling = Field("lanczos", description="Resampling filter to use")
     scaling_proportions: ScalingProportions = Field(
-        "fit", description="'fit' keeps all margins; 'height' matches vertical margins exactly (may crop horizontally)"
+        "fit",
+        description="'fit' keeps all margins; 'height' matches vertical margins exactly (may crop horizontally)",
     )
     tolerance: float = Field(0.0, ge=0.0, le=1.0, description="Tolerance for skipping the adjustment (0-1)")
 

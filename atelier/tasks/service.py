@@ -17,11 +17,18 @@ from atelier.engine.dispatch import enqueue
 from atelier.providers.registry import DEFAULT_PROVIDER, config_model, queue_for
 from atelier.storage.service import TenantStorage
 from atelier.tasks import repository
-from atelier.tasks.enums import OUTPUT_PREFIX, TERMINAL_STATUSES, EventType, ProviderType, TaskStatus, TaskType
+from atelier.tasks.enums import (
+    OUTPUT_PREFIX,
+    TERMINAL_STATUSES,
+    EventType,
+    ProviderType,
+    TaskStatus,
+    TaskType,
+)
 from atelier.tasks.execution import dispatch_for
 from atelier.tasks.models import Task
 from atelier.tasks.repository import TaskFilters
-from atelier.tasks.schemas import SERVICE_MANAGED, TaskCleanupResponse, TaskCreateBase, TaskPublicUpdateBase
+from atelier.tasks.schemas import SERVICE_MANAGED, TaskCleanupResponse, TaskCreateBase
 from atelier.tasks.sources import SourceResolver
 from atelier.tasks.transitions import record_event, transition
 
@@ -119,7 +126,9 @@ class TaskService:
         if value is None:
             return self.rt.settings.tasks.max_retries
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 20:
-            raise InvalidInputError("config.max_retries must be an integer 0..20", loc=("body", "config", "max_retries"))
+            raise InvalidInputError(
+                "config.max_retries must be an integer 0..20", loc=("body", "config", "max_retries")
+            )
         return value
 
     # ------------------------------------------------------------------------------------ read
@@ -132,7 +141,7 @@ class TaskService:
             raise NotFoundError(f"{kind} {task_id} not found")
         return task
 
-    def list(self, filters: TaskFilters, *, limit: int, skip: int) -> Sequence[Task]:
+    def find(self, filters: TaskFilters, *, limit: int, skip: int) -> Sequence[Task]:
         """Newest first."""
         return repository.list_for_tenant(self.session, self.principal.tenant, filters, limit=limit, skip=skip)
 
@@ -174,9 +183,13 @@ class TaskService:
 
     def _apply_fields(self, task: Task, changes: dict[str, Any]) -> None:
         if "provider_type" in changes or "fallback_provider_type" in changes:
-            validate_provider_config(_pt(changes.get("provider_type", task.provider_type)), task.provider_config, "provider_config")
+            validate_provider_config(
+                _pt(changes.get("provider_type", task.provider_type)), task.provider_config, "provider_config"
+            )
         if "queue_name" in changes or "provider_type" in changes:
-            changes["queue_name"] = queue_for(_pt(changes.get("provider_type", task.provider_type)), changes.get("queue_name"))
+            changes["queue_name"] = queue_for(
+                _pt(changes.get("provider_type", task.provider_type)), changes.get("queue_name")
+            )
         extra: dict[str, Any] = {}
         for name, value in changes.items():
             if name in COLUMN_FIELDS:

@@ -106,7 +106,11 @@ def _finish(task: Task, to: TaskStatus, now: datetime, message: str | None, cate
 
 
 def _requeue(
-    task: Task, current: TaskStatus, not_before: datetime | None, message: str | None, category: ErrorCategory | None
+    task: Task,
+    current: TaskStatus,
+    not_before: datetime | None,
+    message: str | None,
+    category: ErrorCategory | None,
 ) -> None:
     task.lease_owner = None
     task.lease_expires_at = None
@@ -142,7 +146,12 @@ def claim(session: Session, task_id: uuid.UUID, worker: str, lease_seconds: floa
     resumed = Task.status == S.EXECUTING.value
     stmt = (
         update(Task)
-        .where(Task.id == task_id, Task.is_deleted.is_(False), Task.cancel_requested.is_(False), or_(due, expired))
+        .where(
+            Task.id == task_id,
+            Task.is_deleted.is_(False),
+            Task.cancel_requested.is_(False),
+            or_(due, expired),
+        )
         .values(
             status=S.EXECUTING.value,
             lease_owner=worker,

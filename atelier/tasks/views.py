@@ -11,9 +11,7 @@ from atelier.tasks.enums import TaskType
 from atelier.tasks.models import Task
 from atelier.tasks.schemas import PUBLIC_MODELS, TaskPublicBase
 
-ROW_FIELDS = tuple(
-    name for name in TaskPublicBase.model_fields if name not in {"request_id", "status_url"}
-)
+ROW_FIELDS = tuple(name for name in TaskPublicBase.model_fields if name not in {"request_id", "status_url"})
 
 
 def base_url(runtime: Runtime, request: Request) -> str:
@@ -30,6 +28,10 @@ def task_fields(task: Task) -> dict[str, Any]:
     """Row columns and type-specific data merged into one dict (the shape of the public schemas)."""
     data: dict[str, Any] = {name: getattr(task, name) for name in ROW_FIELDS}
     data.update(task.task_data or {})
+    config = task.provider_config or {}
+    for key in ("fal_app_id", "fal_request_id"):  # spec: "Get FAL app/request ID from provider config."
+        if data.get(key) is None:
+            data[key] = config.get(key)
     return data
 
 

@@ -136,9 +136,7 @@ def test_tolerance_edge_on_ratio(tolerance: float, changed: bool) -> None:
 @pytest.mark.parametrize(("tolerance", "size"), [(0.05, (400, 200)), (0.02, (410, 205)), (0.0, (410, 205))])
 def test_tolerance_edge_on_exact_size(tolerance: float, size: tuple[int, int]) -> None:
     # 410x205 has the same ratio; the sizes differ by 10 / 410 = 2.4 %.
-    result = adjust_image(
-        _product_shot(), AdjustParams(target_width=410, target_height=205, tolerance=tolerance)
-    )
+    result = adjust_image(_product_shot(), AdjustParams(target_width=410, target_height=205, tolerance=tolerance))
     assert result.image.size == size
     assert result.changed is (size != (400, 200))
     assert result.applied == ("none" if size == (400, 200) else "scale")
@@ -147,9 +145,7 @@ def test_tolerance_edge_on_exact_size(tolerance: float, size: tuple[int, int]) -
 # --- auto -----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("difference", "applied", "size"), [(0.04, "crop", (385, 200)), (0.06, "pad", (400, 212))]
-)
+@pytest.mark.parametrize(("difference", "applied", "size"), [(0.04, "crop", (385, 200)), (0.06, "pad", (400, 212))])
 def test_auto_switches_from_crop_to_pad_above_five_percent(
     difference: float, applied: str, size: tuple[int, int]
 ) -> None:

@@ -176,9 +176,7 @@ def local_server() -> Iterator[LocalServer]:
 
 
 LOCAL = FetchLimits(max_bytes=SMALL_LIMIT, timeout_seconds=2.0, allow_private_networks=["127.0.0.1/32"])
-LOCAL_FAST_TIMEOUT = FetchLimits(
-    max_bytes=SMALL_LIMIT, timeout_seconds=0.5, allow_private_networks=["127.0.0.1/32"]
-)
+LOCAL_FAST_TIMEOUT = FetchLimits(max_bytes=SMALL_LIMIT, timeout_seconds=0.5, allow_private_networks=["127.0.0.1/32"])
 
 
 # --------------------------------------------------------------------------- classify_source
@@ -415,9 +413,7 @@ def test_check_url_honours_allowed_schemes() -> None:
         check_url("http://8.8.8.8/", limits=FetchLimits(allowed_schemes=("https",)), resolve=False)
 
 
-@pytest.mark.parametrize(
-    "url", ["http://user:pass@8.8.8.8/", "http://user@8.8.8.8/", "http://evil.com\\@8.8.8.8/"]
-)
+@pytest.mark.parametrize("url", ["http://user:pass@8.8.8.8/", "http://user@8.8.8.8/", "http://evil.com\\@8.8.8.8/"])
 def test_check_url_refuses_userinfo(url: str) -> None:
     with pytest.raises(UnsafeURLError, match="credentials"):
         check_url(url, limits=FetchLimits(), resolve=False)
@@ -543,9 +539,7 @@ def test_fetch_url_uses_given_client_and_leaves_it_open(local_server: LocalServe
     assert seen == ["/image.png"]
 
 
-def test_fetch_url_ignores_proxy_environment(
-    local_server: LocalServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_fetch_url_ignores_proxy_environment(local_server: LocalServer, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("NO_PROXY", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
     for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):

@@ -196,9 +196,7 @@ def _ratio_difference(image_ratio: float, target_ratio: float) -> float:
     return abs(image_ratio - target_ratio) / target_ratio
 
 
-def _plan(
-    image_size: tuple[int, int], ratio: float, size: tuple[int, int] | None, params: AdjustParams
-) -> _Plan:
+def _plan(image_size: tuple[int, int], ratio: float, size: tuple[int, int] | None, params: AdjustParams) -> _Plan:
     mode = params.mode
     if mode == "auto":
         too_different = _ratio_difference(image_size[0] / image_size[1], ratio) > AUTO_PAD_THRESHOLD
@@ -243,9 +241,7 @@ def _pad_plan(image_size: tuple[int, int], ratio: float, size: tuple[int, int] |
     return _resized_plan(canvas, placement, size, applied)
 
 
-def _resized_plan(
-    canvas: tuple[int, int], placement: _Placement, size: tuple[int, int] | None, applied: str
-) -> _Plan:
+def _resized_plan(canvas: tuple[int, int], placement: _Placement, size: tuple[int, int] | None, applied: str) -> _Plan:
     """Compose an unscaled placement on `canvas` with a final resize of that canvas to `size`."""
     if size is None or size == canvas:
         return _Plan(canvas, placement, applied)
@@ -282,9 +278,7 @@ def _adjust_with_margins(
     bbox = detect_subject_bbox(work)
     if bbox is None:
         raise AdjustError("no subject detected; margins need a subject on a uniform background")
-    canvas, scale, (subject_x, subject_y) = _margin_layout(
-        bbox, margins, ratio, size, params.scaling_proportions
-    )
+    canvas, scale, (subject_x, subject_y) = _margin_layout(bbox, margins, ratio, size, params.scaling_proportions)
     offset_x, offset_y = subject_x - scale * bbox[0], subject_y - scale * bbox[1]
     if scale == 1.0:
         # Whole-pixel offsets keep an unscaled subject free of any resampling.
@@ -388,9 +382,7 @@ def _render(
     return output, True
 
 
-def _render_piece(
-    work: Image.Image, placement: _Placement, target: Box, resample: Image.Resampling
-) -> Image.Image:
+def _render_piece(work: Image.Image, placement: _Placement, target: Box, resample: Image.Resampling) -> Image.Image:
     """The part of `work` that lands on the `target` rectangle of the canvas, at the target's size."""
     size = (target[2] - target[0], target[3] - target[1])
     scale_x, scale_y, offset_x, offset_y = placement

@@ -1,0 +1,36 @@
+# Atelier Compute — developer entry points. Every target creates/uses its own virtualenv.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-dev
+
+.PHONY: install run test test-fast lint format clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the service with its dev tools
+
+run: install  ## migrate and serve on the embedded default at http://127.0.0.1:8000 (docs at /docs)
+	$(BIN)/atelier serve
+
+test: install  ## the whole test suite (integration tests skip without servers unless CI=true)
+	$(BIN)/pytest
+
+test-fast: install  ## skip tests marked slow
+	$(BIN)/pytest -m "not slow"
+
+lint: install  ## ruff + mypy --strict
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) atelier-data .pytest_cache .mypy_cache .ruff_cache

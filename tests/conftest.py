@@ -1,0 +1,145 @@
+"""Shared fixtures: an isolated embedded app per test, tokens, images and polling helpers."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from atelier.app import create_app
+from atelier.core.auth import Role, mint_token
+from atelier.core.migrate import upgrade
+from atelier.providers.registry import ProviderRegistry, default_registry
+from atelier.settings import Settings
+from tests.fakes.providers import FallbackProvider, ScriptedProvider
+
+TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    """Settings for an isolated embedded instance with fast retries."""
+    values: dict[str, Any] = {
+        "environment": "test",
+        "data_dir": data_dir,
+        "tasks": {
+            "retry_backoff_seconds": 0.01,
+            "retry_backoff_max_seconds": 0.05,
+            "cancel_poll_seconds": 0.0,
+        },
+        "broker": {"embedded_concurrency": 2},
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def scripted_registry() -> ProviderRegistry:
+    """Built-in providers plus the scripted ones."""
+    registry = default_registry()
+    registry.register(ScriptedProvider())
+    registry.register(FallbackProvider())
+    return registry
+
+
+class Api:
+    """A TestClient with per-tenant/role tokens and helpers."""
+
+    def __init__(self, client: TestClient, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+        self.closed = False
+
+    def close(self) -> None:
+        """Shut the app down (lifespan exit: worker stopped, in-memory queue gone)."""
+        if not self.closed:
+            self.closed = True
+            self.client.__exit__(None, None, None)
+
+    def headers(self, tenant: str = "acme", role: Role = Role.SERVICE) -> dict[str, str]:
+        """Authorization header for ``tenant``/``role``."""
+        return {"Authorization": f"Bearer {mint_token(self.settings.auth, tenant=tenant, role=role)}"}
+
+    def create(self, body: dict[str, Any], tenant: str = "acme", role: Role = Role.SERVICE) -> dict[str, Any]:
+        """Create a task and assert it was accepted."""
+        response = self.client.post("/api/v1/tasks/", json=body, headers=self.headers(tenant, role))
+        assert response.status_code == 200, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    def get(self, task_id: str, tenant: str = "acme") -> dict[str, Any]:
+        """GET a task."""
+        response = self.client.get(f"/api/v1/tasks/{task_id}", headers=self.headers(tenant))
+        assert response.status_code == 200, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+    def wait(self, task_id: str, statuses: set[str] | None = None, timeout: float = 20.0) -> dict[str, Any]:
+        """Poll until the task reaches one of ``statuses`` (default: terminal)."""
+        wanted = statuses or TERMINAL
+        deadline = time.monotonic() + timeout
+        while True:
+            task = self.get(task_id)
+            if task["status"] in wanted:
+                return task
+            if time.monotonic() > deadline:
+                raise AssertionError(f"task {task_id} stuck in {task['status']}: {task['errors']}")
+            time.sleep(0.01)
+
+
+AppFactory = Callable[..., Api]
+
+
+@pytest.fixture
+def app_factory(tmp_path: Path) -> Iterator[AppFactory]:
+    """Start embedded apps on ``tmp_path`` (migrated); all are shut down at the end of the test."""
+    apps: list[Api] = []
+
+    def start(
+        worker: bool = True, registry: ProviderRegistry | None = None, concurrency: int = 2, **overrides: Any
+    ) -> Api:
+        broker = {"embedded_concurrency": concurrency, "embedded_worker": worker}
+        settings = make_settings(tmp_path / "data", broker=broker, **overrides)
+        upgrade(settings.database_url)
+        client = TestClient(create_app(settings, providers=registry or scripted_registry()))
+        client.__enter__()
+        apps.append(Api(client, settings))
+        return apps[-1]
+
+    yield start
+    for app in reversed(apps):
+        app.close()
+
+
+@pytest.fixture
+def api(app_factory: AppFactory) -> Api:
+    """An embedded app with its worker running."""
+    return app_factory()
+
+
+@pytest.fixture
+def idle_api(app_factory: AppFactory) -> Api:
+    """An embedded app without a worker: tasks stay PENDING (for pure API tests)."""
+    return app_factory(worker=False)
+
+
+def png_bytes(size: tuple[int, int] = (40, 20), colour: str = "white", fmt: str = "PNG") -> bytes:
+    """An encoded test image."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def b64_png(size: tuple[int, int] = (40, 20), colour: str = "white") -> str:
+    """A base64 test image."""
+    return base64.b64encode(png_bytes(size, colour)).decode()
+
+
+def data_url(size: tuple[int, int] = (40, 20), colour: str = "white") -> str:
+    """A data-URL test image."""
+    return "data:image/png;base64," + b64_png(size, colour)
