@@ -62,6 +62,9 @@ class TaskSettings(BaseModel):
     retry_backoff_max_seconds: float = Field(300.0, ge=0, description="Cap of the retry delay.")
     lease_seconds: float = Field(300.0, gt=0, description="How long a claim stays valid without a heartbeat.")
     cancel_poll_seconds: float = Field(0.25, ge=0, description="Minimum interval between cancellation checks.")
+    max_resumes: int = Field(
+        3, ge=0, le=20, description="Times a task whose worker died is resumed before it is failed (WORKER_LOST)."
+    )
 
 
 class StorageSettings(BaseModel):

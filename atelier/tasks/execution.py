@@ -45,8 +45,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_RESUMES = 3
-
 
 class LeaseLostError(Exception):
     """Another worker took the task over (our lease expired); stop without recording anything."""
@@ -116,7 +114,8 @@ class TaskRunner:
 
     def _claim(self, tid: uuid.UUID, owner: str) -> Plan | None:
         with session_scope(self.rt.sessions) as session:
-            if not claim(session, tid, owner, self.rt.settings.tasks.lease_seconds, MAX_RESUMES):
+            tasks = self.rt.settings.tasks
+            if not claim(session, tid, owner, tasks.lease_seconds, tasks.max_resumes):
                 return None
             task = session.get(Task, tid)
             assert task is not None
