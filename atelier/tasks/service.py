@@ -28,7 +28,13 @@ from atelier.tasks.enums import (
 from atelier.tasks.execution import dispatch_for
 from atelier.tasks.models import Task
 from atelier.tasks.repository import TaskFilters
-from atelier.tasks.schemas import SERVICE_MANAGED, TaskCleanupResponse, TaskCreateBase
+from atelier.tasks.schemas import (
+    SERVICE_MANAGED,
+    UPDATE_MODELS,
+    GenerationTaskUpdate,
+    TaskCleanupResponse,
+    TaskCreateBase,
+)
 from atelier.tasks.sources import SourceResolver
 from atelier.tasks.transitions import record_event, transition
 
@@ -169,10 +175,10 @@ class TaskService:
         return task
 
     def _typed_changes(self, task: Task, body: BaseModel) -> dict[str, Any]:
-        from atelier.tasks.schemas import UPDATE_MODELS
-
+        """The sent fields, validated by the update schema of the task's own type."""
         sent = body.model_dump(exclude_unset=True)
-        model = type(body) if task_type_of(body) else UPDATE_MODELS[TaskType(task.task_type)]
+        generation = isinstance(body, GenerationTaskUpdate)
+        model = GenerationTaskUpdate if generation else UPDATE_MODELS[TaskType(task.task_type)]
         try:
             return model.model_validate(sent).model_dump(exclude_unset=True, mode="json")
         except ValidationError as exc:
@@ -260,13 +266,6 @@ class TaskService:
 
     def _delete_files(self, task: Task) -> list[str]:
         return self.storage.delete_prefix(f"{OUTPUT_PREFIX[TaskType(task.task_type)]}/{task.id}")
-
-
-def task_type_of(body: BaseModel) -> bool:
-    """Whether the body is already the type-specific model (the generation endpoints)."""
-    from atelier.tasks.schemas import GenerationTaskUpdate
-
-    return isinstance(body, GenerationTaskUpdate)
 
 
 def _pt(value: str | None) -> ProviderType | None:
