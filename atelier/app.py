@@ -15,7 +15,9 @@ from atelier import __version__
 from atelier.admin.endpoints import router as admin_router
 from atelier.core.http import BodySizeLimit, install_error_handlers
 from atelier.core.runtime import Runtime, build_runtime
+from atelier.engine.celery_app import queue_name
 from atelier.engine.embedded import EmbeddedWorker
+from atelier.engine.reaper import ReaperLoop
 from atelier.engine.recovery import recover
 from atelier.engine.transport import purge_vhost
 from atelier.providers.registry import ALL_QUEUES, ProviderRegistry
@@ -32,16 +34,19 @@ DESCRIPTION = (
 )
 
 
-def _start_engine(runtime: Runtime) -> EmbeddedWorker | None:
+def _start_engine(runtime: Runtime) -> tuple[EmbeddedWorker | None, ReaperLoop | None]:
     settings = runtime.settings
-    worker = None
+    worker = reaper = None
     if settings.embedded and settings.broker.embedded_worker:
-        worker = EmbeddedWorker(
-            runtime.celery, concurrency=settings.broker.embedded_concurrency, queues=list(ALL_QUEUES)
-        )
+        queues = [queue_name(settings, q) for q in ALL_QUEUES]
+        worker = EmbeddedWorker(runtime.celery, concurrency=settings.broker.embedded_concurrency, queues=queues)
         worker.start()
-    recover(runtime, orphan_running=settings.embedded)
-    return worker
+    if settings.embedded:  # this process owned the only queue and worker: everything waiting is ours to restart
+        recover(runtime, orphan_running=True)
+    if settings.reaper.enabled:
+        reaper = ReaperLoop(runtime)
+        reaper.start()
+    return worker, reaper
 
 
 def create_app(settings: Settings | None = None, *, providers: ProviderRegistry | None = None) -> FastAPI:
@@ -53,10 +58,12 @@ def create_app(settings: Settings | None = None, *, providers: ProviderRegistry 
         runtime = build_runtime(settings, providers)
         app.state.runtime = runtime
         to_thread.current_default_thread_limiter().total_tokens = settings.server.threadpool_size
-        worker = _start_engine(runtime)
+        worker, reaper = _start_engine(runtime)
         try:
             yield
         finally:
+            if reaper is not None:
+                reaper.stop()
             if worker is not None:
                 worker.stop()
             if settings.embedded:

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from atelier.core.auth import Role, mint_token
+from atelier.providers.registry import ALL_QUEUES
 from atelier.settings import Settings
 
 cli = typer.Typer(help="Atelier Compute: a self-hostable job service for generative-image work.", no_args_is_help=True)
@@ -31,6 +32,33 @@ def serve(
     if migrate_first:
         upgrade(settings.database_url)
     uvicorn.run(create_app(settings), host=host or settings.server.host, port=port or settings.server.port)
+
+
+@cli.command()
+def worker(
+    queues: Annotated[str, typer.Option("--queues", "-Q", help="Comma-separated logical queues")] = ",".join(
+        ALL_QUEUES
+    ),
+    concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", help="Processes/threads")] = None,
+    pool: Annotated[str, typer.Option(help="prefork (default), threads or solo")] = "prefork",
+    loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
+    hostname: Annotated[str | None, typer.Option("--hostname", "-n", help="Worker node name")] = None,
+) -> None:
+    """Run Celery workers for the distributed deployment (needs ATELIER_BROKER__URL)."""
+    from atelier.engine.worker import run_worker
+
+    settings = Settings()
+    if settings.embedded:
+        typer.echo(
+            "atelier worker needs ATELIER_BROKER__URL (redis://… or amqp://…); the embedded default runs "
+            "its workers inside `atelier serve`.",
+            err=True,
+        )
+        raise typer.Exit(2)
+    if pool not in {"prefork", "threads", "solo"}:
+        raise typer.BadParameter("pool must be prefork, threads or solo")
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    run_worker(settings, names, concurrency, pool, loglevel, hostname)
 
 
 @cli.command()

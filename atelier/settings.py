@@ -52,6 +52,26 @@ class BrokerSettings(BaseModel):
         True, description="Run Celery worker threads inside `atelier serve` (embedded mode only)."
     )
     embedded_concurrency: int = Field(4, ge=1, le=64, description="Worker threads of the embedded worker.")
+    queue_prefix: str = Field(
+        "",
+        pattern=r"^[A-Za-z0-9_.\-]*$",
+        description="Prefix of every queue name (and of Redis keys): several deployments can share one broker.",
+    )
+    visibility_timeout_seconds: int = Field(
+        6 * 3600,
+        ge=60,
+        description="Redis: seconds before an unacknowledged message is redelivered. Keep it longer than any run; "
+        "an early redelivery is dropped by the claim anyway.",
+    )
+    publish_timeout_seconds: float = Field(
+        3.0, gt=0, description="How long a submit waits for an unreachable broker before answering 503."
+    )
+    worker_max_tasks_per_child: int | None = Field(
+        200, ge=1, description="Prefork: recycle a worker process after this many tasks (leaky providers)."
+    )
+    worker_max_memory_per_child_mb: int | None = Field(
+        None, ge=64, description="Prefork: recycle a worker process once its resident memory exceeds this."
+    )
 
 
 class TaskSettings(BaseModel):
@@ -65,13 +85,55 @@ class TaskSettings(BaseModel):
     max_resumes: int = Field(
         3, ge=0, le=20, description="Times a task whose worker died is resumed before it is failed (WORKER_LOST)."
     )
+    heartbeat_seconds: float | None = Field(
+        None, gt=0, description="Interval of the running task's lease heartbeat. Empty: a third of the lease."
+    )
+
+
+class ReaperSettings(BaseModel):
+    """The periodic sweep that republishes lost messages and resumes or fails tasks of dead workers."""
+
+    enabled: bool = Field(True, description="Run the reaper loop in `atelier serve` (one is active at a time).")
+    interval_seconds: float = Field(15.0, gt=0, description="Seconds between sweeps.")
+    republish_after_seconds: float = Field(
+        300.0, ge=0, description="A PENDING task whose last publish is older than this is published again."
+    )
+
+
+class ProviderSettings(BaseModel):
+    """Provider plugins."""
+
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="Extra providers to register: `module:function` entries, each called with the registry.",
+    )
 
 
 class StorageSettings(BaseModel):
     """Where inputs and outputs are kept."""
 
-    backend: Literal["local"] = Field("local", description="Storage backend.")
+    backend: Literal["local", "s3"] = Field("local", description="Storage backend: a local folder or S3-compatible.")
     local_root: Path | None = Field(None, description="Folder of the local backend. Empty: `data_dir/storage`.")
+    s3_endpoint_url: str | None = Field(
+        None, description="S3 endpoint (e.g. http://127.0.0.1:9000 for SeaweedFS/MinIO, R2's account URL). Empty: AWS."
+    )
+    s3_bucket: str = Field("atelier", min_length=3, max_length=63, description="Bucket holding every object.")
+    s3_region: str = Field("us-east-1", description="Region used for SigV4 signing.")
+    s3_access_key_id: str | None = Field(None, description="Access key; empty: boto3's default credential chain.")
+    s3_secret_access_key: str | None = Field(None, description="Secret key; empty: boto3's default credential chain.")
+    s3_addressing_style: Literal["auto", "path", "virtual"] = Field(
+        "path", description="Bucket addressing; `path` works with every S3-compatible server."
+    )
+    s3_public_base_url: str | None = Field(
+        None,
+        description="Public/CDN base URL of the bucket (R2 custom domain, CloudFront…). When set, image GETs "
+        "redirect to `<base>/<key>`; otherwise to a presigned URL.",
+    )
+    s3_presign_seconds: int = Field(900, ge=1, le=7 * 24 * 3600, description="Lifetime of presigned GET URLs.")
+    s3_create_bucket: bool = Field(True, description="Create the bucket at start-up when it does not exist.")
+    s3_multipart_threshold_bytes: int = Field(
+        8 * 1024 * 1024, ge=5 * 1024 * 1024, description="Uploads above this size are sent as multipart, streamed."
+    )
     max_upload_bytes: int = Field(50 * 1024 * 1024, ge=1, description="Largest accepted upload.")
     allowed_extensions: list[str] = Field(
         default_factory=lambda: ["png", "jpg", "jpeg", "webp", "gif", "bmp", "tif", "tiff"],
@@ -115,6 +177,8 @@ class Settings(BaseSettings):
     tasks: TaskSettings = Field(default_factory=TaskSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     inputs: InputSettings = Field(default_factory=InputSettings)
+    reaper: ReaperSettings = Field(default_factory=ReaperSettings)
+    providers: ProviderSettings = Field(default_factory=ProviderSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
 
     @model_validator(mode="after")

@@ -18,7 +18,8 @@ from atelier.core.auth import Role, mint_token
 from atelier.core.migrate import upgrade
 from atelier.providers.registry import ProviderRegistry, default_registry
 from atelier.settings import Settings
-from tests.fakes.providers import FallbackProvider, ScriptedProvider
+
+PLUGIN = "tests.fakes.providers:register"
 
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED"}
 
@@ -41,10 +42,7 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
 
 def scripted_registry() -> ProviderRegistry:
     """Built-in providers plus the scripted ones."""
-    registry = default_registry()
-    registry.register(ScriptedProvider())
-    registry.register(FallbackProvider())
-    return registry
+    return default_registry([PLUGIN])
 
 
 class Api:
@@ -78,6 +76,15 @@ class Api:
         assert response.status_code == 200, response.text
         result: dict[str, Any] = response.json()
         return result
+
+    def side_effects(self, task_id: str) -> int:
+        """Completed runs of the scripted provider for ``task_id`` (markers it leaves in storage)."""
+        response = self.client.get(
+            f"/api/v1/storage/images?prefix=side-effects/{task_id}/&limit=1000", headers=self.headers()
+        )
+        assert response.status_code == 200
+        count: int = response.json()["count"]
+        return count
 
     def wait(self, task_id: str, statuses: set[str] | None = None, timeout: float = 20.0) -> dict[str, Any]:
         """Poll until the task reaches one of ``statuses`` (default: terminal)."""

@@ -18,7 +18,8 @@ from atelier.engine.celery_app import create_celery, publisher
 from atelier.engine.dispatch import install_outbox
 from atelier.providers.registry import ProviderRegistry, default_registry
 from atelier.settings import Settings
-from atelier.storage.backend import LocalStorage, StorageBackend
+from atelier.storage.backend import StorageBackend
+from atelier.storage.factory import create_storage
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,11 @@ class Runtime:
             allow_private_networks=list(s.allow_private_networks),
         )
 
+    def after_fork(self) -> None:
+        """In a forked worker child: drop inherited connections (they belong to the parent) and reopen clients."""
+        self.engine.dispose(close=False)
+        self.http = httpx.Client(timeout=self.settings.inputs.fetch_timeout_seconds, follow_redirects=False)
+
     def close(self) -> None:
         """Release connections."""
         self.http.close()
@@ -69,12 +75,12 @@ def build_runtime(settings: Settings, providers: ProviderRegistry | None = None)
         settings=settings,
         engine=engine,
         sessions=create_session_factory(engine),
-        storage=LocalStorage(settings.storage_root),
-        providers=providers or default_registry(),
+        storage=create_storage(settings),
+        providers=providers or default_registry(settings.providers.plugins),
         http=httpx.Client(timeout=settings.inputs.fetch_timeout_seconds, follow_redirects=False),
         worker_name=f"{socket.gethostname()}:{os.getpid()}",
     )
     runner = TaskRunner(runtime)
     runtime.celery = create_celery(settings, runner.run)
-    install_outbox(runtime.sessions, publisher(runtime.celery))
+    install_outbox(runtime.sessions, publisher(runtime.celery, settings))
     return runtime

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 log = logging.getLogger(__name__)
 
 OUTBOX = "atelier_outbox"
+FAILED = "atelier_publish_failed"
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,12 @@ def enqueue(session: Session, dispatch: Dispatch) -> None:
     session.info.setdefault(OUTBOX, []).append(dispatch)
 
 
+def take_failures(session: Session) -> list[Dispatch]:
+    """Dispatches whose publish failed at the last commit of ``session`` (and forget them)."""
+    failed: list[Dispatch] = session.info.pop(FAILED, [])
+    return failed
+
+
 def message_priority(task_priority: int) -> int:
     """Map the task priority (higher = sooner) to the broker's 0..9 band."""
     return max(0, min(9, task_priority))
@@ -44,8 +51,9 @@ def install_outbox(factory: sessionmaker[Session], publish: Callable[[Dispatch],
         for item in pending:
             try:
                 publish(item)
-            except Exception:  # the row is committed PENDING: the recovery sweep publishes it again
-                log.exception("publishing task %s failed; recovery will re-publish it", item.task_id)
+            except Exception as exc:  # the row is committed PENDING: the reaper publishes it again
+                log.warning("publishing task %s failed (%s); the reaper will publish it again", item.task_id, exc)
+                session.info.setdefault(FAILED, []).append(item)
 
     def after_rollback(session: Session) -> None:
         session.info.pop(OUTBOX, None)

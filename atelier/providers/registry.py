@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 from pydantic import BaseModel
 
 from atelier.providers.base import Provider, ProviderNotAvailableError
@@ -82,10 +84,21 @@ class ProviderRegistry:
         return ", ".join(sorted(f"{p.value}/{t.value}" for p, t in self._providers))
 
 
-def default_registry() -> ProviderRegistry:
-    """The registry with every built-in provider."""
+def default_registry(plugins: list[str] | None = None) -> ProviderRegistry:
+    """The registry with every built-in provider, plus ``module:function`` plugins called with it."""
     from atelier.providers.local.provider import LocalImageAdjuster
 
     registry = ProviderRegistry()
     registry.register(LocalImageAdjuster())
+    for entry in plugins or []:
+        load_plugin(registry, entry)
     return registry
+
+
+def load_plugin(registry: ProviderRegistry, entry: str) -> None:
+    """Import ``module:function`` and call it with the registry (it registers its providers)."""
+    module_name, _, attr = entry.partition(":")
+    if not module_name or not attr:
+        raise ValueError(f"provider plugin {entry!r} must look like 'package.module:function'")
+    register = getattr(importlib.import_module(module_name), attr)
+    register(registry)

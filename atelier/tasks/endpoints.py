@@ -105,7 +105,10 @@ def create_task(
     response: Response,
 ) -> TaskPublicBase:
     """Create and start a new task. The response carries ``request_id``/``status_url`` and a Location header."""
-    task = TaskService(session, rt, principal).create(body)
+    service = TaskService(session, rt, principal)
+    task = service.create(body)
+    session.commit()  # publishes the run message (after-commit hook)
+    service.ensure_published(task)
     base = base_url(rt, request)
     response.headers["Location"] = status_url(base, task)
     return to_public(task, base)

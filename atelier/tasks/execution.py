@@ -8,6 +8,7 @@ provider runs if one is configured; otherwise the task fails with a classified `
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -81,6 +82,7 @@ def dispatch_for(task: Task, countdown: float | None = None) -> Dispatch:
     """The Celery message that runs ``task`` (its id is recorded as ``celery_task_id``)."""
     message_id = uuid.uuid4().hex
     task.celery_task_id = message_id
+    task.dispatched_at = utcnow()
     return Dispatch(task.id, task.queue_name, task.priority, message_id, countdown)
 
 
@@ -171,13 +173,18 @@ class TaskRunner:
             )
         provider = self.rt.providers.get(plan.provider_type, plan.task_type)
         config = config_model(plan.provider_type).model_validate(plan.provider_config or {})
-        ctx = self._context(plan, owner, config, requests)
-        ctx.check_cancelled()
-        return provider.run(ctx)
-
-    def _context(self, plan: Plan, owner: str, config: Any, requests: list[dict[str, Any]]) -> ProviderContext:
-        storage = TenantStorage(self.rt.storage, plan.tenant)
         probe = _Probe(self.rt, plan.task_id, owner)
+        ctx = self._context(plan, probe, config, requests)
+        ctx.check_cancelled()
+        with _Heartbeat(probe, self._heartbeat_interval()):
+            return provider.run(ctx)
+
+    def _heartbeat_interval(self) -> float:
+        tasks = self.rt.settings.tasks
+        return tasks.heartbeat_seconds or tasks.lease_seconds / 3
+
+    def _context(self, plan: Plan, probe: _Probe, config: Any, requests: list[dict[str, Any]]) -> ProviderContext:
+        storage = TenantStorage(self.rt.storage, plan.tenant)
         return ProviderContext(
             task_id=plan.task_id,
             task_type=plan.task_type,
@@ -271,7 +278,12 @@ class _Probe:
         self.rt = runtime
         self.task_id = task_id
         self.owner = owner
+        self.lease_lost = False
         self._last_check = 0.0
+
+    def beat(self) -> None:
+        """Extend the lease (the heartbeat thread calls this while the provider runs)."""
+        self._touch({})
 
     def progress(self, percent: float) -> None:
         """Record progress (0–100) and extend the lease."""
@@ -279,6 +291,8 @@ class _Probe:
 
     def check_cancelled(self) -> None:
         """Raise TaskCancelledError if the cancel flag is set (polled at most every cancel_poll_seconds)."""
+        if self.lease_lost:
+            raise LeaseLostError()
         now = time.monotonic()
         if now - self._last_check < self.rt.settings.tasks.cancel_poll_seconds:
             return
@@ -300,7 +314,36 @@ class _Probe:
                 .execution_options(synchronize_session=False)
             )
         if result.rowcount == 0:  # type: ignore[attr-defined]
+            self.lease_lost = True
             raise LeaseLostError()
+
+
+class _Heartbeat:
+    """Keeps the lease of a running task alive from a side thread, whatever the provider is doing."""
+
+    def __init__(self, probe: _Probe, interval: float) -> None:
+        self.probe = probe
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{probe.task_id}", daemon=True)
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.probe.beat()
+            except LeaseLostError:
+                log.warning("task %s: lease lost; the running attempt will be discarded", self.probe.task_id)
+                return
+            except Exception:  # a DB blip: the next beat retries; the lease has slack (3 beats per lease)
+                log.warning("task %s: heartbeat failed", self.probe.task_id, exc_info=True)
 
 
 def _provider(value: str | None) -> ProviderType | None:

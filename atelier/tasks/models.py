@@ -52,6 +52,7 @@ class Task(Base):
     executor_type: Mapped[str | None] = mapped_column(String(100), nullable=True)
     executor_instance: Mapped[str | None] = mapped_column(String(255), nullable=True)
     celery_task_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     service_task_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
     service_requests: Mapped[list[dict[str, Any]]] = mapped_column(JSONType, default=list)
 

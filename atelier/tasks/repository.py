@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session
 
 from atelier.tasks.enums import TaskStatus, TaskType
@@ -70,3 +70,31 @@ def recoverable(session: Session, *, stale_before: datetime | None) -> Sequence[
         Task.is_deleted.is_(False),
     )
     return pending + list(session.execute(stale).scalars())
+
+
+def stale_pending(session: Session, *, now: datetime, dispatched_before: datetime, limit: int) -> Sequence[Task]:
+    """Due PENDING tasks whose last publish is older than ``dispatched_before`` (their message may be lost)."""
+    stmt = (
+        select(Task)
+        .where(
+            Task.status == TaskStatus.PENDING.value,
+            Task.is_deleted.is_(False),
+            or_(Task.not_before.is_(None), Task.not_before <= now),
+            or_(Task.dispatched_at.is_(None), Task.dispatched_at < dispatched_before),
+        )
+        .order_by(Task.priority.desc(), Task.created_at)
+        .limit(limit)
+    )
+    return session.execute(stmt).scalars().all()
+
+
+def expired_leases(session: Session, *, now: datetime, limit: int) -> Sequence[Task]:
+    """EXECUTING tasks whose lease ran out: their worker stopped heart-beating (killed, frozen, cut off)."""
+    stmt = (
+        select(Task)
+        .where(Task.status == TaskStatus.EXECUTING.value, Task.lease_expires_at < now)
+        .order_by(Task.lease_expires_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return session.execute(stmt).scalars().all()

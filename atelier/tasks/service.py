@@ -10,10 +10,10 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
 from atelier.core.auth import Principal
-from atelier.core.errors import ConflictError, InvalidInputError, NotFoundError
+from atelier.core.errors import ConflictError, InvalidInputError, NotFoundError, ServiceUnavailableError
 from atelier.core.runtime import Runtime
 from atelier.core.time import utcnow
-from atelier.engine.dispatch import enqueue
+from atelier.engine.dispatch import enqueue, take_failures
 from atelier.providers.registry import DEFAULT_PROVIDER, config_model, queue_for
 from atelier.storage.service import TenantStorage
 from atelier.tasks import repository
@@ -126,6 +126,20 @@ class TaskService:
         enqueue(self.session, dispatch_for(task))
         self.session.flush()
         return task
+
+    def ensure_published(self, task: Task) -> None:
+        """After the commit of a create: if the broker refused the message, take the task back and answer 503.
+
+        The client is told the submit did not happen, so the row and its stored inputs are removed; a task
+        the client believes rejected must never run behind its back.
+        """
+        failed = {d.task_id for d in take_failures(self.session)}
+        if task.id not in failed:
+            return
+        self._delete_files(task)
+        self.session.delete(task)
+        self.session.commit()
+        raise ServiceUnavailableError("the task queue is unreachable; nothing was submitted, retry shortly")
 
     def _max_retries(self, config: dict[str, Any] | None) -> int:
         value = (config or {}).get("max_retries")

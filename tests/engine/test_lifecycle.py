@@ -8,7 +8,6 @@ from typing import Any
 from PIL import Image
 
 from tests.conftest import Api, AppFactory
-from tests.fakes.providers import RUNS
 
 
 def generation(script: list[str], **extra: Any) -> dict[str, Any]:
@@ -35,7 +34,7 @@ def test_success_runs_once_and_stores_output(api: Api) -> None:
     assert task["celery_task_id"]
     assert task["fal_request_id"] == "req-1"
     assert result_colour(api, task["result_image_path"]) == (255, 0, 0)
-    assert RUNS[task["id"]] == 1
+    assert api.side_effects(task["id"]) == 1
     assert [r["step"] for r in task["service_requests"]] == ["ok"]
 
 
@@ -46,7 +45,7 @@ def test_retry_then_success(api: Api) -> None:
     assert len(task["errors"]) == 2 and "retry 1/3" in task["errors"][0] and "RuntimeError" in task["errors"][1]
     assert [r["step"] for r in task["service_requests"]] == ["retry", "crash", "ok"]
     assert task["error_category"] is None
-    assert RUNS[task["id"]] == 1
+    assert api.side_effects(task["id"]) == 1
 
 
 def test_permanent_failure_after_max_retries(api: Api) -> None:
@@ -119,7 +118,7 @@ def test_cancel_while_running_stops_the_provider(api: Api) -> None:
     task = api.wait(created["id"], timeout=10)
     assert task["status"] == "CANCELLED"
     assert task["result_image_path"] is None
-    assert RUNS[created["id"]] == 0
+    assert api.side_effects(created["id"]) == 0
 
 
 def test_missing_provider_fails_truthfully(api: Api) -> None:

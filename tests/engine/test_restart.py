@@ -12,7 +12,6 @@ from atelier.core.runtime import Runtime
 from atelier.core.time import utcnow
 from atelier.tasks.models import Task
 from tests.conftest import Api, AppFactory, b64_png
-from tests.fakes.providers import RUNS
 
 
 def runtime_of(api: Api) -> Runtime:
@@ -62,7 +61,7 @@ def test_task_left_executing_by_a_crash_is_resumed(app_factory: AppFactory) -> N
     assert task["is_resumed"] is True
     assert task["resume_attempt_count"] == 1
     assert task["last_resume_attempt"] is not None
-    assert RUNS[task_id] == 1
+    assert second.side_effects(task_id) == 1
 
 
 def test_retry_scheduled_before_restart_still_runs(app_factory: AppFactory) -> None:

@@ -1,15 +1,16 @@
 """Scripted providers for engine tests: each attempt does what ``config.script[attempt-1]`` says.
 
 They do real work on the success path (render a PNG with Pillow and store it) so the whole output path
-is exercised; the failure steps raise the exception types real providers raise.
+is exercised; the failure steps raise the exception types real providers raise. Every completed run also
+leaves a marker under ``side-effects/<task_id>/`` in the tenant's storage, so tests can count side effects
+even when the provider ran in another process.
 """
 
 from __future__ import annotations
 
 import io
-import threading
 import time
-from collections import Counter
+import uuid
 from typing import ClassVar
 
 from PIL import Image
@@ -20,10 +21,15 @@ from atelier.providers.base import (
     ProviderResult,
     ProviderRetryableError,
 )
+from atelier.providers.registry import ProviderRegistry
 from atelier.tasks.enums import ProviderType, TaskType
 
-RUNS: Counter[str] = Counter()  # successful side effects per task id (to prove nothing completes twice)
-_lock = threading.Lock()
+
+def register(registry: ProviderRegistry) -> None:
+    """Provider plugin entry point (``ATELIER_PROVIDERS__PLUGINS=["tests.fakes.providers:register"]``)."""
+    registry.register(ScriptedProvider())
+    registry.register(FallbackProvider())
+
 
 
 class ScriptedProvider:
@@ -63,8 +69,7 @@ class ScriptedProvider:
         buffer = io.BytesIO()
         Image.new("RGB", (width, height), self.colour).save(buffer, format="PNG")
         stored = ctx.storage.save(ctx.output_path("result.png"), buffer.getvalue(), "image/png")
-        with _lock:
-            RUNS[str(ctx.task_id)] += 1
+        ctx.storage.save(f"side-effects/{ctx.task_id}/{uuid.uuid4().hex}.png", buffer.getvalue(), "image/png")
         return ProviderResult(outputs={"result_image_path": stored.path, "fal_request_id": f"req-{ctx.attempt}"})
 
 

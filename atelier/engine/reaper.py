@@ -1,0 +1,105 @@
+"""The reaper: republish tasks whose message was lost; resume or fail tasks whose worker died.
+
+It runs periodically in every ``atelier serve`` process (embedded and distributed). On PostgreSQL each sweep
+first takes a transaction-scoped advisory lock, so however many processes run the loop, at most one sweep
+works at a time and none does the same work twice; SQLite deployments have a single process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from atelier.core.db import session_scope
+from atelier.core.runtime import Runtime
+from atelier.core.time import utcnow
+from atelier.engine.dispatch import enqueue
+from atelier.tasks import repository
+from atelier.tasks.enums import ErrorCategory, TaskStatus
+from atelier.tasks.execution import dispatch_for
+from atelier.tasks.models import Task
+from atelier.tasks.transitions import transition
+
+log = logging.getLogger(__name__)
+
+ADVISORY_LOCK_KEY = 0x61746C72  # "atlr"
+BATCH = 500
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    """What one sweep did."""
+
+    ran: bool
+    republished: int = 0
+    resumed: int = 0
+    failed: int = 0
+
+
+def _leader(session: Session) -> bool:
+    if session.get_bind().dialect.name != "postgresql":
+        return True
+    return bool(session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY}).scalar())
+
+
+def _no_live_message(task: Task, republish_before: datetime) -> bool:
+    """Whether no message has been sent since the lease expired (or the last one is old enough to be lost)."""
+    sent = task.dispatched_at
+    return sent is None or task.lease_expires_at is None or sent < task.lease_expires_at or sent < republish_before
+
+
+def sweep(runtime: Runtime) -> SweepReport:
+    """One pass: lost PENDING messages are republished, expired leases resumed or failed (WORKER_LOST)."""
+    settings = runtime.settings
+    now = utcnow()
+    with session_scope(runtime.sessions) as session:
+        if not _leader(session):
+            return SweepReport(ran=False)
+        republish_before = now - timedelta(seconds=settings.reaper.republish_after_seconds)
+        stale = repository.stale_pending(session, now=now, dispatched_before=republish_before, limit=BATCH)
+        for task in stale:
+            enqueue(session, dispatch_for(task))
+        resumed = failed = 0
+        for task in repository.expired_leases(session, now=now, limit=BATCH):
+            if task.resume_attempt_count >= settings.tasks.max_resumes:
+                message = f"worker {task.lease_owner} lost {task.resume_attempt_count + 1} time(s); giving up"
+                transition(session, task, TaskStatus.FAILED, message=message, category=ErrorCategory.WORKER_LOST)
+                failed += 1
+            elif _no_live_message(task, republish_before):
+                enqueue(session, dispatch_for(task))  # the claim takes it over as a resume
+                resumed += 1
+    report = SweepReport(ran=True, republished=len(stale), resumed=resumed, failed=failed)
+    if stale or resumed or failed:
+        log.info("reaper: %s", report)
+    return report
+
+
+class ReaperLoop:
+    """Run ``sweep`` every ``interval`` seconds in a daemon thread until stopped."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="atelier-reaper", daemon=True)
+
+    def start(self) -> None:
+        """Start sweeping."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop after the current sweep."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.runtime.settings.reaper.interval_seconds):
+            try:
+                sweep(self.runtime)
+            except Exception:  # an outage must not kill the loop; the next sweep retries
+                log.warning("reaper sweep failed", exc_info=True)

@@ -1,0 +1,60 @@
+"""Distributed Celery workers (``atelier worker``): the same runtime and task runner as the embedded default."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from atelier.core.runtime import Runtime, build_runtime
+from atelier.engine.celery_app import queue_name
+from atelier.providers.registry import ALL_QUEUES
+from atelier.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def worker_app(settings: Settings) -> tuple[Runtime, Celery]:
+    """Build the runtime for a worker process and make its Celery app the process default."""
+    runtime = build_runtime(settings)
+    runtime.celery.set_default()
+
+    def reset_after_fork(**_: object) -> None:
+        runtime.after_fork()
+
+    # Prefork children inherit the parent's pooled DB connections and HTTP sockets; they must not use them.
+    worker_process_init.connect(reset_after_fork, weak=False)
+    return runtime, runtime.celery
+
+
+def worker_argv(
+    settings: Settings, queues: list[str], concurrency: int | None, pool: str, loglevel: str, hostname: str | None
+) -> list[str]:
+    """Celery ``worker`` arguments for the given logical queues."""
+    unknown = sorted(set(queues) - set(ALL_QUEUES))
+    if unknown:
+        log.warning("queues %s are not produced by any provider routing; consuming them anyway", unknown)
+    argv = [
+        "worker",
+        "--queues",
+        ",".join(queue_name(settings, q) for q in queues),
+        "--pool",
+        pool,
+        "--loglevel",
+        loglevel,
+        "--hostname",
+        hostname or f"atelier-{socket.gethostname()}@%h",
+    ]
+    if concurrency:
+        argv += ["--concurrency", str(concurrency)]
+    return argv
+
+
+def run_worker(
+    settings: Settings, queues: list[str], concurrency: int | None, pool: str, loglevel: str, hostname: str | None
+) -> None:
+    """Run a Celery worker in the foreground until it is stopped."""
+    _runtime, app = worker_app(settings)
+    app.worker_main(worker_argv(settings, queues, concurrency, pool, loglevel, hostname))
