@@ -108,11 +108,16 @@ def app_factory(tmp_path: Path) -> Iterator[AppFactory]:
     apps: list[Api] = []
 
     def start(
-        worker: bool = True, registry: ProviderRegistry | None = None, concurrency: int = 2, **overrides: Any
+        worker: bool = True,
+        registry: ProviderRegistry | None = None,
+        concurrency: int = 2,
+        migrate: bool = True,
+        **overrides: Any,
     ) -> Api:
-        broker = {"embedded_concurrency": concurrency, "embedded_worker": worker}
+        broker = {"embedded_concurrency": concurrency, "embedded_worker": worker, **overrides.pop("broker", {})}
         settings = make_settings(tmp_path / "data", broker=broker, **overrides)
-        upgrade(settings.database_url)
+        if migrate:
+            upgrade(settings.database_url)
         client = TestClient(create_app(settings, providers=registry or scripted_registry()))
         client.__enter__()
         apps.append(Api(client, settings))

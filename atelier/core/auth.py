@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from dataclasses import dataclass
@@ -67,14 +68,22 @@ def mint_token(
 
 
 def decode_token(settings: AuthSettings, token: str) -> Principal:
-    """Verify signature, expiry, issuer and claims; raise AuthError with the reason otherwise."""
+    """Verify signature, expiry, issuer and claims; raise AuthError with the reason otherwise.
+
+    A verified token is remembered (it is immutable), so repeated requests skip the signature check,
+    which costs more than the rest of a status read; expiry is still checked on every call.
+    """
+    principal, expires = _verify(token, settings.secret_key, settings.algorithm, settings.issuer)
+    if time.time() >= expires:
+        raise AuthError("token expired")
+    return principal
+
+
+@functools.lru_cache(maxsize=4096)
+def _verify(token: str, secret: str, algorithm: str, issuer: str) -> tuple[Principal, float]:
     try:
         claims = jwt.decode(
-            token,
-            settings.secret_key,
-            algorithms=[settings.algorithm],
-            issuer=settings.issuer,
-            options={"require": ["exp", "sub", "iss"]},
+            token, secret, algorithms=[algorithm], issuer=issuer, options={"require": ["exp", "sub", "iss"]}
         )
     except jwt.ExpiredSignatureError as exc:
         raise AuthError("token expired") from exc
@@ -84,6 +93,7 @@ def decode_token(settings: AuthSettings, token: str) -> Principal:
     if not isinstance(tenant, str) or not TENANT_RE.match(tenant):
         raise AuthError("invalid token: missing or malformed tenant claim")
     try:
-        return Principal(subject=str(claims["sub"]), tenant=tenant, role=Role(str(role)))
+        principal = Principal(subject=str(claims["sub"]), tenant=tenant, role=Role(str(role)))
     except ValueError as exc:
         raise AuthError(f"invalid token: unknown role {role!r}") from exc
+    return principal, float(claims["exp"])

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from atelier.core.auth import Principal, decode_token
@@ -16,7 +17,8 @@ from atelier.core.runtime import Runtime
 bearer_scheme = HTTPBearer(auto_error=False, description="JWT Bearer token")
 
 
-def get_runtime(request: Request) -> Runtime:
+# Cheap dependencies are ``async def`` so they run on the event loop instead of hopping to the thread pool.
+async def get_runtime(request: Request) -> Runtime:
     """The runtime built by the app's lifespan."""
     runtime: Runtime = request.app.state.runtime
     return runtime
@@ -43,7 +45,7 @@ def get_session(runtime: RuntimeDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
-def get_principal(
+async def get_principal(
     runtime: RuntimeDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
 ) -> Principal:
     """Verify the bearer token (401 with the reason when absent or invalid)."""
@@ -55,7 +57,12 @@ def get_principal(
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def get_status_principal(
+def json_response(model: BaseModel) -> Response:
+    """Serialise a read model once (FastAPI would validate it again against the declared response model)."""
+    return Response(content=model.model_dump_json(), media_type="application/json")
+
+
+async def get_status_principal(
     runtime: RuntimeDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
     api_token: Annotated[

@@ -3,29 +3,31 @@
 from __future__ import annotations
 
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
-from atelier.core.deps import RuntimeDep, SessionDep, StatusPrincipalDep
+from atelier.core.auth import Principal
+from atelier.core.deps import RuntimeDep, StatusPrincipalDep
 from atelier.core.errors import NotFoundError
+from atelier.core.runtime import Runtime
 from atelier.status.views import v1_job, v2_status
 from atelier.storage.service import TenantStorage
-from atelier.tasks import repository
-from atelier.tasks.models import Task
+from atelier.tasks.service import read_task
 from atelier.tasks.views import base_url, to_public
 
 router = APIRouter(tags=["Status"])
 
 
-def _find(session: Any, tenant: str, raw_id: str) -> Task | None:
+def _find(runtime: Runtime, principal: Principal, raw_id: str) -> SimpleNamespace | None:
     try:
-        task_id = uuid.UUID(raw_id)
-    except ValueError:
+        task = read_task(runtime, principal, uuid.UUID(raw_id))
+    except (ValueError, NotFoundError):
         return None
-    task = repository.get_for_tenant(session, tenant, task_id)
-    return None if task is None or task.is_deleted else task
+    return None if task.is_deleted else task
 
 
 @router.get(
@@ -39,25 +41,30 @@ def _find(session: Any, tenant: str, raw_id: str) -> Task | None:
         }
     },
 )
-def get_status(
-    request_id: str, session: SessionDep, rt: RuntimeDep, principal: StatusPrincipalDep, request: Request
-) -> JSONResponse:
+async def get_status(request_id: str, rt: RuntimeDep, principal: StatusPrincipalDep, request: Request) -> JSONResponse:
     """IN_PROGRESS / COMPLETED (with result) / ERROR (with error) — always 200 for a known request."""
-    task = _find(session, principal.tenant, request_id)
-    if task is None:
+    base = base_url(rt, request)
+
+    def view() -> dict[str, Any] | None:
+        task = _find(rt, principal, request_id)
+        return None if task is None else v2_status(task, TenantStorage(rt.storage, principal.tenant), base)
+
+    body = await run_in_threadpool(view)
+    if body is None:
         return JSONResponse({"status": "NOT_FOUND"}, status_code=404)
-    storage = TenantStorage(rt.storage, principal.tenant)
-    return JSONResponse(v2_status(task, storage, base_url(rt, request)))
+    return JSONResponse(body)
 
 
 @router.get("/v1/jobs/{id}", summary="Get generation job status")
-def get_job(
-    id: str, session: SessionDep, rt: RuntimeDep, principal: StatusPrincipalDep, request: Request
-) -> JSONResponse:
+async def get_job(id: str, rt: RuntimeDep, principal: StatusPrincipalDep, request: Request) -> JSONResponse:
     """pending / processing / completed (with result) / failed (with error)."""
-    task = _find(session, principal.tenant, id)
-    if task is None:
-        raise NotFoundError(f"job {id} not found")
     base = base_url(rt, request)
-    public = to_public(task, base).model_dump(mode="json")
-    return JSONResponse(v1_job(task, TenantStorage(rt.storage, principal.tenant), base, public))
+
+    def view() -> dict[str, Any]:
+        task = _find(rt, principal, id)
+        if task is None:
+            raise NotFoundError(f"job {id} not found")
+        public = to_public(task, base).model_dump(mode="json")
+        return v1_job(task, TenantStorage(rt.storage, principal.tenant), base, public)
+
+    return JSONResponse(await run_in_threadpool(view))

@@ -6,7 +6,7 @@ from typing import Any
 
 from atelier.storage.service import TenantStorage
 from atelier.tasks.enums import ErrorCategory, TaskStatus
-from atelier.tasks.models import Task
+from atelier.tasks.views import TaskRecord
 
 # Numeric codes of /v2/status errors, HTTP-like so clients can bucket them.
 ERROR_CODES: dict[str, int] = {
@@ -38,7 +38,7 @@ def media_url(storage: TenantStorage, base: str, path: str) -> str:
     return storage.public_url(path) or f"{base}/api/v1/storage/images/{path}"
 
 
-def result_of(task: Task, storage: TenantStorage, base: str) -> dict[str, Any]:
+def result_of(task: TaskRecord, storage: TenantStorage, base: str) -> dict[str, Any]:
     """The COMPLETED result: ``image_url`` or ``video_url`` plus what the task knows (seed, prompt…)."""
     data = task.task_data or {}
     result: dict[str, Any] = {}
@@ -57,12 +57,12 @@ def result_of(task: Task, storage: TenantStorage, base: str) -> dict[str, Any]:
     return result
 
 
-def last_error(task: Task) -> str:
+def last_error(task: TaskRecord) -> str:
     """The most recent error message of a task."""
     return (task.errors or ["failed"])[-1]
 
 
-def category_of(task: Task) -> ErrorCategory:
+def category_of(task: TaskRecord) -> ErrorCategory:
     """The task's error category (INTERNAL_ERROR when unknown)."""
     try:
         return ErrorCategory(task.error_category or "INTERNAL_ERROR")
@@ -70,7 +70,7 @@ def category_of(task: Task) -> ErrorCategory:
         return ErrorCategory.INTERNAL_ERROR
 
 
-def v2_status(task: Task, storage: TenantStorage, base: str) -> dict[str, Any]:
+def v2_status(task: TaskRecord, storage: TenantStorage, base: str) -> dict[str, Any]:
     """Body of ``GET /v2/status/{request_id}`` for an existing task."""
     status = TaskStatus(task.status)
     body: dict[str, Any] = {"request_id": str(task.id)}
@@ -88,7 +88,7 @@ def v2_status(task: Task, storage: TenantStorage, base: str) -> dict[str, Any]:
     return body
 
 
-def v1_job(task: Task, storage: TenantStorage, base: str, public: dict[str, Any]) -> dict[str, Any]:
+def v1_job(task: TaskRecord, storage: TenantStorage, base: str, public: dict[str, Any]) -> dict[str, Any]:
     """Body of ``GET /v1/jobs/{id}``; absent timestamps are omitted, as the spec says."""
     status = TaskStatus(task.status)
     body: dict[str, Any] = {

@@ -111,7 +111,7 @@ class S3Storage:
                 self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
             else:
                 extra = {"ContentType": content_type}
-                self.client.put_object(Bucket=self.bucket, Key=key, Body=data.read(), ContentType=content_type)
+                self.client.upload_fileobj(data, self.bucket, key, ExtraArgs=extra, Config=self.transfer)
         info = self.stat(key)
         if info is None:
             raise AtelierError(f"object {key} is missing right after it was written")

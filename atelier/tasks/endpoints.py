@@ -6,8 +6,9 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
 
-from atelier.core.deps import PrincipalDep, RuntimeDep, SessionDep
+from atelier.core.deps import PrincipalDep, RuntimeDep, SessionDep, json_response
 from atelier.tasks.enums import TaskStatus, TaskType
 from atelier.tasks.repository import TaskFilters
 from atelier.tasks.schemas import (
@@ -19,7 +20,7 @@ from atelier.tasks.schemas import (
     TaskPublicBase,
     TaskUpdate,
 )
-from atelier.tasks.service import TaskService
+from atelier.tasks.service import TaskService, read_task
 from atelier.tasks.views import base_url, status_url, to_public
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["Tasks"])
@@ -54,13 +55,14 @@ def update_generation_task(
     return _generation(to_public(task, base_url(rt, request)))
 
 
-@router.get("/generation/{task_id}", summary="Get Generation Task")
-def get_generation_task(
-    task_id: uuid.UUID, session: SessionDep, rt: RuntimeDep, principal: PrincipalDep, request: Request
-) -> GenerationTaskPublic:
+@router.get("/generation/{task_id}", summary="Get Generation Task", response_model=GenerationTaskPublic)
+async def get_generation_task(
+    task_id: uuid.UUID, rt: RuntimeDep, principal: PrincipalDep, request: Request
+) -> Response:
     """Get a generation task by ID."""
-    task = TaskService(session, rt, principal).get(task_id, task_type=TaskType.GENERATION)
-    return _generation(to_public(task, base_url(rt, request)))
+    base = base_url(rt, request)  # hot path: one thread hop, Core read, pre-serialised response
+    model = await run_in_threadpool(lambda: to_public(read_task(rt, principal, task_id, TaskType.GENERATION), base))
+    return json_response(model)
 
 
 @router.get("/generation", summary="List Generation Tasks")
@@ -135,11 +137,11 @@ def list_tasks(
 
 
 @router.get("/{task_id}", summary="Get Task", response_model=TaskPublic)
-def get_task(
-    task_id: uuid.UUID, session: SessionDep, rt: RuntimeDep, principal: PrincipalDep, request: Request
-) -> TaskPublicBase:
+async def get_task(task_id: uuid.UUID, rt: RuntimeDep, principal: PrincipalDep, request: Request) -> Response:
     """Get a task by ID."""
-    return to_public(TaskService(session, rt, principal).get(task_id), base_url(rt, request))
+    base = base_url(rt, request)  # hot path: one thread hop, Core read, pre-serialised response
+    model = await run_in_threadpool(lambda: to_public(read_task(rt, principal, task_id), base))
+    return json_response(model)
 
 
 @router.put("/{task_id}", summary="Update Task", response_model=TaskPublic)

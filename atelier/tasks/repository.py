@@ -6,8 +6,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from types import SimpleNamespace
 
-from sqlalchemy import Select, or_, select
+from sqlalchemy import Connection, Select, bindparam, or_, select
 from sqlalchemy.orm import Session
 
 from atelier.tasks.enums import TaskStatus, TaskType
@@ -27,12 +28,22 @@ class TaskFilters:
     include_deleted: bool = True
 
 
+# Built once: generating the cache key of a statement over ~50 columns costs more than running it.
+_BY_ID = select(Task).where(Task.id == bindparam("task_id"), Task.tenant_id == bindparam("tenant"))
+_BY_ID_FOR_UPDATE = _BY_ID.with_for_update()
+_RECORD_BY_ID = select(*Task.__table__.c).where(Task.id == bindparam("task_id"), Task.tenant_id == bindparam("tenant"))
+
+
 def get_for_tenant(session: Session, tenant: str, task_id: uuid.UUID, *, for_update: bool = False) -> Task | None:
     """The task if it exists and belongs to ``tenant``."""
-    stmt = select(Task).where(Task.id == task_id, Task.tenant_id == tenant)
-    if for_update:
-        stmt = stmt.with_for_update()
-    return session.execute(stmt).scalar_one_or_none()
+    stmt = _BY_ID_FOR_UPDATE if for_update else _BY_ID
+    return session.execute(stmt, {"task_id": task_id, "tenant": tenant}).scalar_one_or_none()
+
+
+def read_record(conn: Connection, tenant: str, task_id: uuid.UUID) -> SimpleNamespace | None:
+    """The task's columns as a plain record, read without an ORM session (the hot status-read path)."""
+    row = conn.execute(_RECORD_BY_ID, {"task_id": task_id, "tenant": tenant}).mappings().first()
+    return SimpleNamespace(**row) if row is not None else None
 
 
 def _filtered(tenant: str, f: TaskFilters) -> Select[Task]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -67,6 +68,18 @@ def validate_provider_config(
         loc = ("body", field, *first["loc"])
         raise InvalidInputError(f"invalid {field} for {provider_type.value}: {first['msg']}", loc=loc) from exc
     return model.model_dump(mode="json")
+
+
+def read_task(
+    runtime: Runtime, principal: Principal, task_id: uuid.UUID, task_type: TaskType | None = None
+) -> SimpleNamespace:
+    """A tenant's task as a plain record, without an ORM session (404 as ``TaskService.get``)."""
+    with runtime.engine.connect() as conn:
+        task = repository.read_record(conn, principal.tenant, task_id)
+    if task is None or (task_type is not None and task.task_type != task_type.value):
+        kind = f"{task_type.value.lower()} task" if task_type else "task"
+        raise NotFoundError(f"{kind} {task_id} not found")
+    return task
 
 
 class TaskService:

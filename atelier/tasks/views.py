@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from fastapi import Request
@@ -11,6 +12,9 @@ from atelier.tasks.enums import TaskType
 from atelier.tasks.models import Task
 from atelier.tasks.schemas import PUBLIC_MODELS, TaskPublicBase
 
+# A task as an ORM object or as a plain record read with Core (same attribute names).
+TaskRecord = Task | SimpleNamespace
+
 ROW_FIELDS = tuple(name for name in TaskPublicBase.model_fields if name not in {"request_id", "status_url"})
 
 
@@ -19,12 +23,12 @@ def base_url(runtime: Runtime, request: Request) -> str:
     return (runtime.settings.server.public_base_url or str(request.base_url)).rstrip("/")
 
 
-def status_url(base: str, task: Task) -> str:
+def status_url(base: str, task: TaskRecord) -> str:
     """Where the Bria-style status of ``task`` is polled."""
     return f"{base}/v2/status/{task.id}"
 
 
-def task_fields(task: Task) -> dict[str, Any]:
+def task_fields(task: TaskRecord) -> dict[str, Any]:
     """Row columns and type-specific data merged into one dict (the shape of the public schemas)."""
     data: dict[str, Any] = {name: getattr(task, name) for name in ROW_FIELDS}
     data.update(task.task_data or {})
@@ -35,7 +39,7 @@ def task_fields(task: Task) -> dict[str, Any]:
     return data
 
 
-def to_public(task: Task, base: str) -> TaskPublicBase:
+def to_public(task: TaskRecord, base: str) -> TaskPublicBase:
     """The type-specific public model of a task."""
     data = task_fields(task)
     data.update(request_id=str(task.id), status_url=status_url(base, task))

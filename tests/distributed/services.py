@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 import pytest
@@ -82,7 +83,7 @@ def rabbit_prefix(queue_names: list[str]) -> Iterator[tuple[str, str]]:
         yield RABBIT_URL, prefix
     finally:
         with Connection(RABBIT_URL) as conn:
-            channel = conn.channel()
+            channel: Any = conn.channel()
             for name in queue_names:
                 try:
                     channel.queue_delete(prefix + name)

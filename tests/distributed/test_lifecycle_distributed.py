@@ -65,7 +65,9 @@ def test_suite_on_rabbitmq(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
-def test_priority_order_on_real_brokers(redis_cluster: ClusterFactory, rabbit_cluster: ClusterFactory, broker: str) -> None:
+def test_priority_order_on_real_brokers(
+    redis_cluster: ClusterFactory, rabbit_cluster: ClusterFactory, broker: str
+) -> None:
     cluster = (redis_cluster if broker == "redis" else rabbit_cluster)()
     cluster.start_worker(concurrency=1, pool="solo")
     api = cluster.client()

@@ -31,7 +31,6 @@ def register(registry: ProviderRegistry) -> None:
     registry.register(FallbackProvider())
 
 
-
 class ScriptedProvider:
     """A generation provider driven by ``task config["script"]`` (ok|retry|fatal|value|crash|slow)."""
 

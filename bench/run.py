@@ -1,0 +1,404 @@
+"""Atelier benchmarks: every figure is reported as a ratio to a baseline measured in the same run.
+
+    .venv/bin/python -m bench.run status      # GET task req/s vs bare FastAPI+SQLAlchemy PK read (SQLite, PostgreSQL)
+    .venv/bin/python -m bench.run latency     # submit→EXECUTING p50/p99, embedded and Redis
+    .venv/bin/python -m bench.run throughput  # IMAGE_ADJUSTER 16×16 drain rate vs raw Celery no-op, Redis
+    .venv/bin/python -m bench.run all
+
+Needs the machine's PostgreSQL, Redis and `wrk` (see bench/README.md). Results also go to bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import redis
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/0")
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tiny_png(size: int = 16) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), (200, 30, 30)).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+@contextmanager
+def database(kind: str, tmp: Path) -> Iterator[str]:
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp / 'bench.db'}"
+        return
+    name = f"atelier_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def atelier_env(tmp: Path, db_url: str, broker: str | None = None, prefix: str = "", **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATELIER_")}
+    env.update(
+        ATELIER_ENVIRONMENT="test",
+        ATELIER_DATA_DIR=str(tmp / "data"),
+        ATELIER_DATABASE__URL=db_url,
+        PYTHONPATH=str(ROOT),
+        **extra,
+    )
+    if broker:
+        env.update(ATELIER_BROKER__URL=broker, ATELIER_BROKER__QUEUE_PREFIX=prefix)
+    return env
+
+
+@contextmanager
+def process(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+
+
+def uvicorn_cmd(target: str, port: int, factory: bool = False) -> list[str]:
+    cmd = [PY, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
+    return [*cmd, "--log-level", "warning", *(["--factory"] if factory else [])]
+
+
+def wait_http(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} never answered")
+
+
+def token(tmp: Path) -> str:
+    from atelier.core.auth import Role, mint_token
+    from atelier.settings import Settings
+
+    return mint_token(Settings(environment="test").auth, tenant="bench", role=Role.SERVICE)
+
+
+def wrk(url: str, headers: dict[str, str], seconds: int, connections: int = 16) -> float:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s"]
+    for key, value in headers.items():
+        cmd += ["-H", f"{key}: {value}"]
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    if "Non-2xx" in out:
+        raise RuntimeError(f"wrk saw errors:\n{out}")
+    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    assert match, out
+    return float(match.group(1))
+
+
+# ------------------------------------------------------------------------------------------------ status
+
+
+def bench_status(kind: str, seconds: int, rounds: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as d, database(kind, Path(d)) as db_url:
+        tmp = Path(d)
+        from atelier.core.migrate import upgrade
+
+        upgrade(db_url)
+        env = atelier_env(
+            tmp, db_url, broker="redis://127.0.0.1:6379/15", prefix="bench-status.", ATELIER_REAPER__ENABLED="false"
+        )
+        env["BENCH_DATABASE_URL"] = db_url
+        headers = {"Authorization": f"Bearer {token(tmp)}"}
+        port_a, port_b = free_port(), free_port()
+        with (
+            process(uvicorn_cmd("atelier.app:create_app", port_a, factory=True), env, tmp / "api.log"),
+            process(uvicorn_cmd("bench.baseline_app:app", port_b), env, tmp / "base.log"),
+        ):
+            wait_http(f"http://127.0.0.1:{port_a}/health")
+            wait_http(f"http://127.0.0.1:{port_b}/docs")
+            body = {"task_type": "IMAGE_ADJUSTER", "input_image": tiny_png(), "aspect_ratio": 1}
+            task = httpx.post(f"http://127.0.0.1:{port_a}/api/v1/tasks/", json=body, headers=headers, timeout=30).json()
+            ours_url = f"http://127.0.0.1:{port_a}/api/v1/tasks/{task['id']}"
+            base_url = f"http://127.0.0.1:{port_b}/row/{task['id']}"
+            assert httpx.get(base_url).status_code == 200 and httpx.get(ours_url, headers=headers).status_code == 200
+            wrk(ours_url, headers, 2)
+            wrk(base_url, {}, 2)  # warm both
+            ours, base = [], []
+            for _ in range(rounds):  # interleave so drift in machine load hits both alike
+                base.append(wrk(base_url, {}, seconds))
+                ours.append(wrk(ours_url, headers, seconds))
+    return {
+        "db": kind,
+        "atelier_rps": statistics.median(ours),
+        "baseline_rps": statistics.median(base),
+        "ratio": statistics.median(ours) / statistics.median(base),
+        "goal": ">= 0.6",
+    }
+
+
+# ------------------------------------------------------------------------------------------------ latency
+
+
+def _submit_sequentially(api: str, headers: dict[str, str], samples: int) -> list[str]:
+    body = {"task_type": "IMAGE_ADJUSTER", "input_image": tiny_png(), "aspect_ratio": 1}
+    ids = []
+    with httpx.Client(timeout=30) as client:
+        for _ in range(samples):
+            task = client.post(f"{api}/api/v1/tasks/", json=body, headers=headers).json()
+            ids.append(task["id"])
+            deadline = time.monotonic() + 10
+            while client.get(f"{api}/v2/status/{task['id']}", headers=headers).json()["status"] == "IN_PROGRESS":
+                if time.monotonic() > deadline:
+                    raise RuntimeError("task did not finish")
+                time.sleep(0.005)
+            time.sleep(0.02)  # idle between submits: this measures latency, not queueing
+    return ids
+
+
+def _start_delays(db_url: str, ids: list[str]) -> list[float]:
+    from sqlalchemy import create_engine, select
+
+    from atelier.tasks.models import Task
+
+    engine = create_engine(db_url)
+    with engine.connect() as conn:
+        rows = conn.execute(select(Task.created_at, Task.started_at).where(Task.id.in_([uuid.UUID(i) for i in ids])))
+        delays = [(started - created).total_seconds() * 1000 for created, started in rows]
+    engine.dispose()
+    return delays
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def bench_latency(mode: str, samples: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as d, database("sqlite" if mode == "embedded" else "postgres", Path(d)) as db:
+        tmp = Path(d)
+        from atelier.core.migrate import upgrade
+
+        upgrade(db)
+        prefix = f"bench-{uuid.uuid4().hex[:6]}."
+        env = atelier_env(tmp, db, broker=None if mode == "embedded" else REDIS_URL, prefix=prefix)
+        headers = {"Authorization": f"Bearer {token(tmp)}"}
+        port = free_port()
+        api = f"http://127.0.0.1:{port}"
+        with process(uvicorn_cmd("atelier.app:create_app", port, factory=True), env, tmp / "api.log"):
+            worker_cmd = [PY, "-m", "atelier", "worker", "-c", "2", "--loglevel", "WARNING"]
+            with process(worker_cmd, env, tmp / "worker.log") if mode == "redis" else _nothing():
+                wait_http(f"{api}/health")
+                _submit_sequentially(api, headers, 10)  # warm-up (imports, pools, worker start)
+                delays = _start_delays(db, _submit_sequentially(api, headers, samples))
+        if mode == "redis":
+            _flush(prefix)
+    goal = "p99 <= 20 ms" if mode == "redis" else "p99 <= 50 ms"
+    return {
+        "mode": mode,
+        "samples": len(delays),
+        "p50_ms": _pct(delays, 0.5),
+        "p99_ms": _pct(delays, 0.99),
+        "goal": goal,
+    }
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield None
+
+
+def _flush(prefix: str) -> None:
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=f"{prefix}*"))
+    if keys:
+        client.delete(*keys)
+
+
+# ------------------------------------------------------------------------------------------------ throughput
+
+
+def _drain_seconds(app: Any, queue: str, hostname: str, publish: Any, done: Any, n: int) -> float:
+    """Stop consuming, publish n messages, resume, and time until all are done."""
+    app.control.cancel_consumer(queue, destination=[hostname], reply=True, timeout=5)
+    publish(n)
+    start = time.perf_counter()
+    app.control.add_consumer(queue, destination=[hostname], reply=True, timeout=5)
+    deadline = time.monotonic() + 600
+    while done() < n:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {done()}/{n} done")
+        time.sleep(0.01)
+    return time.perf_counter() - start
+
+
+def _wait_ping(app: Any, hostname: str) -> None:
+    for _ in range(300):
+        if any(hostname in r for r in (app.control.ping(destination=[hostname], timeout=0.5) or [])):
+            return
+    raise RuntimeError(f"{hostname} never answered ping")
+
+
+def bench_throughput(n: int, concurrency: int) -> dict[str, Any]:
+    noop_rate = _noop_rate(n, concurrency)
+    ours_rate = _atelier_rate(n, concurrency)
+    return {
+        "tasks": n,
+        "concurrency": concurrency,
+        "atelier_tasks_per_s": ours_rate,
+        "noop_tasks_per_s": noop_rate,
+        "ratio": ours_rate / noop_rate,
+        "goal": ">= 0.4",
+    }
+
+
+def _noop_rate(n: int, concurrency: int) -> float:
+    prefix = f"bench-noop-{uuid.uuid4().hex[:6]}."
+    env = {
+        **os.environ,
+        "BENCH_BROKER_URL": REDIS_URL,
+        "BENCH_PREFIX": prefix,
+        "BENCH_COUNTER_URL": REDIS_URL,
+        "PYTHONPATH": str(ROOT),
+    }
+    os.environ.update({k: env[k] for k in ("BENCH_BROKER_URL", "BENCH_PREFIX", "BENCH_COUNTER_URL")})
+    from bench.noop_app import app, noop
+
+    hostname = f"noop-{os.getpid()}@bench"
+    cmd = [
+        PY,
+        "-m",
+        "celery",
+        "-A",
+        "bench.noop_app",
+        "worker",
+        "-c",
+        str(concurrency),
+        "-n",
+        hostname,
+        "--loglevel",
+        "WARNING",
+        "-Q",
+        prefix + "noop",
+    ]
+    counter = redis.Redis.from_url(REDIS_URL)
+    with tempfile.TemporaryDirectory() as d, process(cmd, env, Path(d) / "noop.log"):
+        _wait_ping(app, hostname)
+        seconds = _drain_seconds(
+            app,
+            prefix + "noop",
+            hostname,
+            lambda k: [noop.apply_async(queue=prefix + "noop") for _ in range(k)],
+            lambda: int(counter.get(prefix + "done") or 0),
+            n,
+        )
+    _flush(prefix)
+    return n / seconds
+
+
+def _atelier_rate(n: int, concurrency: int) -> float:
+    with tempfile.TemporaryDirectory() as d, database("postgres", Path(d)) as db:
+        tmp = Path(d)
+        prefix = f"bench-ours-{uuid.uuid4().hex[:6]}."
+        env = atelier_env(tmp, db, broker=REDIS_URL, prefix=prefix, ATELIER_REAPER__ENABLED="false")
+        os.environ.update({k: v for k, v in env.items() if k.startswith("ATELIER_")})
+        from atelier.core.auth import Principal, Role
+        from atelier.core.migrate import upgrade
+        from atelier.core.runtime import build_runtime
+        from atelier.engine.celery_app import queue_name
+        from atelier.settings import Settings
+        from atelier.tasks.schemas import CreateImageAdjusterTask
+        from atelier.tasks.service import TaskService
+
+        upgrade(db)
+        settings = Settings()
+        runtime = build_runtime(settings)
+        principal = Principal("bench", "bench", Role.SERVICE)
+        hostname = f"atelier-{os.getpid()}@bench"
+        cmd = [PY, "-m", "atelier", "worker", "-c", str(concurrency), "-n", hostname, "--loglevel", "WARNING"]
+        body = CreateImageAdjusterTask(task_type="IMAGE_ADJUSTER", input_image=tiny_png(), aspect_ratio=1)
+
+        def publish(k: int) -> None:
+            for _ in range(k):
+                with runtime.sessions() as session:
+                    TaskService(session, runtime, principal).create(body)
+                    session.commit()
+
+        def done() -> int:
+            from sqlalchemy import func, select
+
+            from atelier.tasks.models import Task
+
+            with runtime.sessions() as session:
+                return int(session.execute(select(func.count()).where(Task.status == "COMPLETED")).scalar_one())
+
+        with process(cmd, env, tmp / "worker.log"):
+            _wait_ping(runtime.celery, hostname)
+            seconds = _drain_seconds(runtime.celery, queue_name(settings, "local"), hostname, publish, done, n)
+        runtime.close()
+        _flush(prefix)
+    return n / seconds
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("which", choices=["status", "latency", "throughput", "all"])
+    parser.add_argument("--seconds", type=int, default=8, help="wrk duration per round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per side (median taken)")
+    parser.add_argument("--samples", type=int, default=200, help="latency samples")
+    parser.add_argument("--tasks", type=int, default=400, help="tasks per throughput run")
+    parser.add_argument("--concurrency", type=int, default=2, help="worker processes")
+    args = parser.parse_args()
+    results: dict[str, Any] = {}
+    if args.which in ("status", "all"):
+        results["status"] = [bench_status(kind, args.seconds, args.rounds) for kind in ("sqlite", "postgres")]
+    if args.which in ("latency", "all"):
+        results["latency"] = [bench_latency(mode, args.samples) for mode in ("embedded", "redis")]
+    if args.which in ("throughput", "all"):
+        results["throughput"] = bench_throughput(args.tasks, args.concurrency)
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    (out / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.which}.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
