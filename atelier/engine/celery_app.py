@@ -96,7 +96,9 @@ def create_celery(settings: Settings, run_task: Callable[[str], None]) -> Celery
         },
         worker_hijack_root_logger=False,
         worker_enable_remote_control=kind != "memory",
-        worker_send_task_events=kind != "memory",
+        # Task events cost three extra broker messages per task; Flower turns them on when it runs
+        # (`celery -A atelier.celery_app control enable_events`), so they are off by default.
+        worker_send_task_events=False,
         worker_max_tasks_per_child=settings.broker.worker_max_tasks_per_child,
         worker_max_memory_per_child=memory_mb * 1024 if memory_mb else None,
         worker_cancel_long_running_tasks_on_connection_loss=False,

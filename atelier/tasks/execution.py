@@ -12,13 +12,13 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import httpx
 from PIL import Image
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, update
 
 from atelier.core.db import session_scope
 from atelier.core.errors import InvalidInputError
@@ -37,7 +37,7 @@ from atelier.providers.registry import config_model
 from atelier.storage.service import TenantStorage
 from atelier.tasks.enums import OUTPUT_PREFIX, ErrorCategory, EventType, ProviderType, TaskStatus, TaskType
 from atelier.tasks.models import Task
-from atelier.tasks.transitions import claim, record_event, transition
+from atelier.tasks.transitions import claim, complete_unchanged, record_event, transition
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -64,6 +64,9 @@ class Plan:
     inputs: dict[str, Any]
     task_config: dict[str, Any]
     attempt: int
+    claimed_version: datetime  # ``updated_at`` right after the claim: unchanged means nobody else wrote
+    service_requests: list[dict[str, Any]]
+    service_task_id: str | None
 
 
 @dataclass
@@ -115,12 +118,11 @@ class TaskRunner:
         self._record(plan, owner, outcome)
 
     def _claim(self, tid: uuid.UUID, owner: str) -> Plan | None:
-        with session_scope(self.rt.sessions) as session:
-            tasks = self.rt.settings.tasks
-            if not claim(session, tid, owner, tasks.lease_seconds, tasks.max_resumes):
+        tasks = self.rt.settings.tasks
+        with self.rt.engine.begin() as conn:
+            task = claim(conn, tid, owner, tasks.lease_seconds, tasks.max_resumes)
+            if task is None:
                 return None
-            task = session.get(Task, tid)
-            assert task is not None
             use_fallback = task.fallback_active
             return Plan(
                 task_id=task.id,
@@ -132,6 +134,9 @@ class TaskRunner:
                 inputs=dict(task.task_data or {}),
                 task_config=dict(task.config or {}),
                 attempt=task.attempt,
+                claimed_version=task.updated_at,
+                service_requests=list(task.service_requests or []),
+                service_task_id=task.service_task_id,
             )
 
     # ------------------------------------------------------------------------------------ provider call
@@ -175,7 +180,6 @@ class TaskRunner:
         config = config_model(plan.provider_type).model_validate(plan.provider_config or {})
         probe = _Probe(self.rt, plan.task_id, owner)
         ctx = self._context(plan, probe, config, requests)
-        ctx.check_cancelled()
         with _Heartbeat(probe, self._heartbeat_interval()):
             return provider.run(ctx)
 
@@ -217,6 +221,8 @@ class TaskRunner:
         if outcome.kind == "lease_lost":
             log.warning("task %s: lease lost to another worker; outcome discarded", plan.task_id)
             return
+        if outcome.kind == "completed" and self._complete_fast(plan, owner, outcome):
+            return
         with session_scope(self.rt.sessions) as session:
             task = session.get(Task, plan.task_id, with_for_update=True)
             if task is None or task.status != TaskStatus.EXECUTING or task.lease_owner != owner:
@@ -224,6 +230,20 @@ class TaskRunner:
                 return
             task.service_requests = [*(task.service_requests or []), *outcome.requests]
             self._apply(session, task, outcome)
+
+    def _complete_fast(self, plan: Plan, owner: str, outcome: Outcome) -> bool:
+        """The common case in one conditional UPDATE; False when the row changed since the claim."""
+        assert outcome.result is not None
+        with session_scope(self.rt.sessions) as session:
+            return complete_unchanged(
+                session,
+                plan.task_id,
+                owner,
+                plan.claimed_version,
+                task_data={**plan.inputs, **outcome.result.outputs},
+                service_requests=[*plan.service_requests, *outcome.requests],
+                service_task_id=outcome.result.service_task_id or plan.service_task_id,
+            )
 
     def _apply(self, session: Session, task: Task, outcome: Outcome) -> None:
         if outcome.kind == "completed" and outcome.result is not None:
@@ -271,51 +291,76 @@ class TaskRunner:
             transition(session, task, TaskStatus.FAILED, message=outcome.message, category=category)
 
 
+_BEAT = (
+    update(Task)
+    .where(Task.id == bindparam("p_task_id"), Task.lease_owner == bindparam("p_owner"))
+    # A heartbeat is not a change of the task: keep ``updated_at`` (the claim's version stays valid).
+    .values(heartbeat_at=bindparam("p_now"), lease_expires_at=bindparam("p_lease"), updated_at=Task.updated_at)
+    .returning(Task.cancel_requested)
+)
+_BEAT_WITH_PROGRESS = _BEAT.values(progress=bindparam("p_progress"), updated_at=bindparam("p_now"))
+
+
 class _Probe:
-    """Progress reporting, lease heartbeat and cancellation checks for one running task."""
+    """Progress reporting, lease heartbeat and cancellation checks for one running task.
+
+    Every write is one ``UPDATE … RETURNING cancel_requested`` on a bare connection: it extends the lease,
+    proves the lease is still ours and reads the cancel flag in a single round trip.
+    """
+
+    PROGRESS_INTERVAL = 0.5  # seconds between progress writes; a fast task writes none
 
     def __init__(self, runtime: Runtime, task_id: uuid.UUID, owner: str) -> None:
         self.rt = runtime
         self.task_id = task_id
         self.owner = owner
         self.lease_lost = False
-        self._last_check = 0.0
+        self.cancelled = False
+        # The claim has just checked the flag: the first poll is due one interval from now.
+        self._last_check = self._last_progress = time.monotonic()
 
     def beat(self) -> None:
         """Extend the lease (the heartbeat thread calls this while the provider runs)."""
-        self._touch({})
+        self._touch(None)
 
     def progress(self, percent: float) -> None:
-        """Record progress (0–100) and extend the lease."""
-        self._touch({"progress": max(0.0, min(100.0, float(percent)))})
+        """Record progress (0–100), at most every PROGRESS_INTERVAL seconds."""
+        now = time.monotonic()
+        if now - self._last_progress >= self.PROGRESS_INTERVAL:
+            self._last_progress = self._last_check = now
+            self._touch(max(0.0, min(100.0, float(percent))))
 
     def check_cancelled(self) -> None:
         """Raise TaskCancelledError if the cancel flag is set (polled at most every cancel_poll_seconds)."""
+        now = time.monotonic()
+        if (
+            not (self.lease_lost or self.cancelled)
+            and now - self._last_check >= self.rt.settings.tasks.cancel_poll_seconds
+        ):
+            self._last_check = now
+            self._touch(None)
         if self.lease_lost:
             raise LeaseLostError()
-        now = time.monotonic()
-        if now - self._last_check < self.rt.settings.tasks.cancel_poll_seconds:
-            return
-        self._last_check = now
-        with session_scope(self.rt.sessions) as session:
-            flag = session.execute(select(Task.cancel_requested).where(Task.id == self.task_id)).scalar()
-        if flag:
+        if self.cancelled:
             raise TaskCancelledError()
-        self._touch({})
 
-    def _touch(self, values: dict[str, Any]) -> None:
+    def _touch(self, progress: float | None) -> None:
         now = utcnow()
-        lease = now + timedelta(seconds=self.rt.settings.tasks.lease_seconds)
-        with session_scope(self.rt.sessions) as session:
-            result = session.execute(
-                update(Task)
-                .where(Task.id == self.task_id, Task.lease_owner == self.owner)
-                .values(heartbeat_at=now, lease_expires_at=lease, **values)
-                .execution_options(synchronize_session=False)
-            )
-        if result.rowcount == 0:  # type: ignore[attr-defined]
+        params = {
+            "p_task_id": self.task_id,
+            "p_owner": self.owner,
+            "p_now": now,
+            "p_lease": now + timedelta(seconds=self.rt.settings.tasks.lease_seconds),
+        }
+        stmt = _BEAT if progress is None else _BEAT_WITH_PROGRESS
+        if progress is not None:
+            params["p_progress"] = progress
+        with self.rt.engine.begin() as conn:
+            flag = conn.execute(stmt, params).scalar()
+        if flag is None:
             self.lease_lost = True
             raise LeaseLostError()
+        self.cancelled = bool(flag)
 
 
 class _Heartbeat:

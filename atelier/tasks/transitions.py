@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import and_, case, or_, update
+from sqlalchemy import Connection, and_, bindparam, case, insert, or_, update
 from sqlalchemy.orm import Session
 
 from atelier.core.errors import ConflictError
@@ -49,16 +50,24 @@ def record_event(
     data: dict[str, Any] | None = None,
 ) -> None:
     """Append one event to the task's trail (same unit of work as the change it records)."""
-    session.add(
-        TaskEvent(
-            task_id=task.id,
-            tenant_id=task.tenant_id,
-            event_type=event_type.value,
-            status=task.status,
-            message=message,
-            data=data,
-        )
-    )
+    _insert_event(session, task.id, task.tenant_id, event_type, task.status, message, data)
+
+
+_EVENT = insert(TaskEvent)
+
+
+def _insert_event(
+    session: Session | Connection,
+    task_id: uuid.UUID,
+    tenant: str,
+    event_type: EventType,
+    status: str | None,
+    message: str | None,
+    data: dict[str, Any] | None,
+) -> None:
+    # A Core insert (after autoflush of pending rows): no unit-of-work bookkeeping for an append-only row.
+    row = {"task_id": task_id, "tenant_id": tenant, "event_type": event_type.value, "status": status}
+    session.execute(_EVENT, {**row, "message": message, "data": data, "created_at": utcnow()})
 
 
 def transition(
@@ -126,39 +135,33 @@ def _requeue(
         task.error_category = category.value
 
 
-def claim(session: Session, task_id: uuid.UUID, worker: str, lease_seconds: float, max_resumes: int) -> bool:
-    """Atomically take the task for ``worker``; False when it is not claimable (duplicate or stale message).
-
-    Claimable: PENDING and due, or EXECUTING with an expired lease (its worker died) while the resume
-    budget lasts. One UPDATE decides, so two workers can never both run a task.
-    """
-    now = utcnow()
+def _claim_statement() -> Any:
+    """The claim UPDATE, built once with bind parameters (building it costs more than running it)."""
+    now: Any = bindparam("p_now")
+    grace: Any = bindparam("p_due_before")
     expired = and_(
         Task.status == S.EXECUTING.value,
         Task.lease_expires_at < now,
-        Task.resume_attempt_count < max_resumes,
+        Task.resume_attempt_count < bindparam("p_max_resumes"),
     )
     # A small grace: broker timers may fire an ETA message a few milliseconds before ``not_before``.
-    due = and_(
-        Task.status == S.PENDING.value,
-        or_(Task.not_before.is_(None), Task.not_before <= now + timedelta(seconds=ETA_GRACE_SECONDS)),
-    )
+    due = and_(Task.status == S.PENDING.value, or_(Task.not_before.is_(None), Task.not_before <= grace))
     resumed = Task.status == S.EXECUTING.value
-    stmt = (
+    return (
         update(Task)
         .where(
-            Task.id == task_id,
+            Task.id == bindparam("p_task_id"),
             Task.is_deleted.is_(False),
             Task.cancel_requested.is_(False),
             or_(due, expired),
         )
         .values(
             status=S.EXECUTING.value,
-            lease_owner=worker,
-            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            lease_owner=bindparam("p_owner"),
+            lease_expires_at=bindparam("p_lease"),
             heartbeat_at=now,
             executor_type="celery",
-            executor_instance=worker,
+            executor_instance=bindparam("p_owner"),
             attempt=Task.attempt + 1,
             started_at=case((Task.started_at.is_(None), now), else_=Task.started_at),
             is_resumed=case((resumed, True), else_=Task.is_resumed),
@@ -166,12 +169,94 @@ def claim(session: Session, task_id: uuid.UUID, worker: str, lease_seconds: floa
             last_resume_attempt=case((resumed, now), else_=Task.last_resume_attempt),
             updated_at=now,
         )
-        .returning(Task.id)
-        .execution_options(synchronize_session=False)
+        .returning(*Task.__table__.c)
     )
-    won = session.execute(stmt).first() is not None
-    if won:
-        task = session.get(Task, task_id, populate_existing=True)
-        assert task is not None
-        record_event(session, task, EventType.TASK_STATUS, f"claimed by {worker}", {"to": S.EXECUTING.value})
-    return won
+
+
+_CLAIM = _claim_statement()
+
+
+def claim(
+    conn: Connection, task_id: uuid.UUID, worker: str, lease_seconds: float, max_resumes: int
+) -> SimpleNamespace | None:
+    """Atomically take the task for ``worker``; None when it is not claimable (duplicate or stale message).
+
+    Claimable: PENDING and due, or EXECUTING with an expired lease (its worker died) while the resume
+    budget lasts. One UPDATE decides, so two workers can never both run a task; it returns the claimed row
+    (a plain record: Core, no ORM session, this is the hot path of every run).
+    """
+    now = utcnow()
+    params = {
+        "p_task_id": task_id,
+        "p_now": now,
+        "p_due_before": now + timedelta(seconds=ETA_GRACE_SECONDS),
+        "p_max_resumes": max_resumes,
+        "p_owner": worker,
+        "p_lease": now + timedelta(seconds=lease_seconds),
+    }
+    row = conn.execute(_CLAIM, params).mappings().first()
+    if row is None:
+        return None
+    message, data = f"claimed by {worker}", {"to": S.EXECUTING.value}
+    _insert_event(conn, task_id, row["tenant_id"], EventType.TASK_STATUS, S.EXECUTING.value, message, data)
+    return SimpleNamespace(**row)
+
+
+_COMPLETE = (
+    update(Task)
+    .where(
+        Task.id == bindparam("p_task_id"),
+        Task.status == S.EXECUTING.value,
+        Task.lease_owner == bindparam("p_owner"),
+        Task.updated_at == bindparam("p_version"),
+        Task.cancel_requested.is_(False),
+    )
+    .values(
+        status=S.COMPLETED.value,
+        completed_at=bindparam("p_now"),
+        updated_at=bindparam("p_now"),
+        progress=100.0,
+        error_category=None,
+        lease_owner=None,
+        lease_expires_at=None,
+        not_before=None,
+        task_data=bindparam("p_task_data", type_=Task.__table__.c.task_data.type),
+        service_requests=bindparam("p_requests", type_=Task.__table__.c.service_requests.type),
+        service_task_id=bindparam("p_service_task_id"),
+    )
+    .returning(Task.tenant_id)
+    .execution_options(synchronize_session=False)
+)
+
+
+def complete_unchanged(
+    session: Session,
+    task_id: uuid.UUID,
+    owner: str,
+    version: datetime,
+    *,
+    task_data: dict[str, Any],
+    service_requests: list[dict[str, Any]],
+    service_task_id: str | None,
+) -> bool:
+    """EXECUTING → COMPLETED in one statement, only if nothing wrote the row since ``version`` (the claim).
+
+    The same effects as ``transition(…, COMPLETED)``; when it returns False the caller takes the general
+    path (load, check, ``transition``), which handles every other case.
+    """
+    now = utcnow()
+    params = {
+        "p_task_id": task_id,
+        "p_owner": owner,
+        "p_version": version,
+        "p_now": now,
+        "p_task_data": task_data,
+        "p_requests": service_requests,
+        "p_service_task_id": service_task_id,
+    }
+    tenant = session.execute(_COMPLETE, params).scalar_one_or_none()
+    if tenant is None:
+        return False
+    transition_data = {"from": S.EXECUTING.value, "to": S.COMPLETED.value}
+    _insert_event(session, task_id, tenant, EventType.TASK_STATUS, S.COMPLETED.value, "completed", transition_data)
+    return True

@@ -83,10 +83,10 @@ def test_every_status_has_an_entry() -> None:
 
 class _FakeSession:
     def __init__(self) -> None:
-        self.added: list[object] = []
+        self.events: list[dict[str, object]] = []
 
-    def add(self, obj: object) -> None:
-        self.added.append(obj)
+    def execute(self, _statement: object, params: dict[str, object]) -> None:
+        self.events.append(params)
 
 
 def _task(status: str) -> Task:
@@ -101,7 +101,7 @@ def test_transition_stamps_and_records() -> None:
     assert task.completed_at is not None
     assert task.errors == ["boom"]
     assert task.error_category == "INTERNAL_ERROR"
-    assert len(session.added) == 1
+    assert [(e["event_type"], e["status"], e["message"]) for e in session.events] == [("TASK_STATUS", "FAILED", "boom")]
 
 
 def test_illegal_transition_raises_conflict() -> None:
