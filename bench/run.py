@@ -274,21 +274,29 @@ def _wait_ping(app: Any, hostname: str) -> None:
     raise RuntimeError(f"{hostname} never answered ping")
 
 
-def bench_throughput(n: int, concurrency: int) -> dict[str, Any]:
-    noop_rate = _noop_rate(n, concurrency)
-    ours_rate = _atelier_rate(n, concurrency)
+def bench_throughput(n: int, concurrency: int, rounds: int) -> dict[str, Any]:
+    noop, ours = [], []
+    for _ in range(rounds):  # interleaved, medians: the machine's load drifts between runs
+        noop.append(_noop_rate(n, concurrency))
+        ours.append(_atelier_rate(n, concurrency))
+    ours_rate, noop_rate = statistics.median(ours), statistics.median(noop)
     return {
         "tasks": n,
         "concurrency": concurrency,
+        "rounds": rounds,
         "atelier_tasks_per_s": ours_rate,
         "noop_tasks_per_s": noop_rate,
         "ratio": ours_rate / noop_rate,
+        "ratios_per_round": [o / b for o, b in zip(ours, noop, strict=True)],
         "goal": ">= 0.4",
     }
 
 
+NOOP_PREFIX = f"bench-noop-{uuid.uuid4().hex[:6]}."  # one per run: bench.noop_app reads it once, at import
+
+
 def _noop_rate(n: int, concurrency: int) -> float:
-    prefix = f"bench-noop-{uuid.uuid4().hex[:6]}."
+    prefix = NOOP_PREFIX
     env = {
         **os.environ,
         "BENCH_BROKER_URL": REDIS_URL,
@@ -317,6 +325,7 @@ def _noop_rate(n: int, concurrency: int) -> float:
         prefix + "noop",
     ]
     counter = redis.Redis.from_url(REDIS_URL)
+    counter.delete(prefix + "done")
     with tempfile.TemporaryDirectory() as d, process(cmd, env, Path(d) / "noop.log"):
         _wait_ping(app, hostname)
         seconds = _drain_seconds(
@@ -393,7 +402,7 @@ def main() -> None:
     if args.which in ("latency", "all"):
         results["latency"] = [bench_latency(mode, args.samples) for mode in ("embedded", "redis")]
     if args.which in ("throughput", "all"):
-        results["throughput"] = bench_throughput(args.tasks, args.concurrency)
+        results["throughput"] = bench_throughput(args.tasks, args.concurrency, args.rounds)
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.which}.json").write_text(json.dumps(results, indent=2))

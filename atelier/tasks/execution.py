@@ -234,9 +234,9 @@ class TaskRunner:
     def _complete_fast(self, plan: Plan, owner: str, outcome: Outcome) -> bool:
         """The common case in one conditional UPDATE; False when the row changed since the claim."""
         assert outcome.result is not None
-        with session_scope(self.rt.sessions) as session:
+        with self.rt.engine.begin() as conn:
             return complete_unchanged(
-                session,
+                conn,
                 plan.task_id,
                 owner,
                 plan.claimed_version,

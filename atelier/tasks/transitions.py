@@ -230,7 +230,7 @@ _COMPLETE = (
 
 
 def complete_unchanged(
-    session: Session,
+    conn: Connection,
     task_id: uuid.UUID,
     owner: str,
     version: datetime,
@@ -254,9 +254,9 @@ def complete_unchanged(
         "p_requests": service_requests,
         "p_service_task_id": service_task_id,
     }
-    tenant = session.execute(_COMPLETE, params).scalar_one_or_none()
+    tenant = conn.execute(_COMPLETE, params).scalar_one_or_none()
     if tenant is None:
         return False
     transition_data = {"from": S.EXECUTING.value, "to": S.COMPLETED.value}
-    _insert_event(session, task_id, tenant, EventType.TASK_STATUS, S.COMPLETED.value, "completed", transition_data)
+    _insert_event(conn, task_id, tenant, EventType.TASK_STATUS, S.COMPLETED.value, "completed", transition_data)
     return True
