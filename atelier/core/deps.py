@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from atelier.core.auth import Principal, decode_token
+from atelier.core.db import session_scope
 from atelier.core.errors import AuthError
 from atelier.core.runtime import Runtime
 
@@ -29,15 +30,8 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 def get_session(runtime: RuntimeDep) -> Iterator[Session]:
     """One unit of work per request: commit when the endpoint returns, roll back if it raises."""
-    session = runtime.sessions()
-    try:
+    with session_scope(runtime.sessions) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 # scope="function": commit (and publish) before the response is sent, so a client that polls right away

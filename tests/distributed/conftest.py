@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,9 @@ def pg_url() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture
-def redis_cluster(tmp_path: Path, pg_url: str) -> Iterator[ClusterFactory]:
-    """Build a PostgreSQL + Redis cluster (workers are started by the test)."""
+def _clusters(tmp_path: Path, pg_url: str, broker: AbstractContextManager[tuple[str, str]]) -> Iterator[ClusterFactory]:
     clusters: list[Cluster] = []
-    with redis_prefix() as (url, prefix):
+    with broker as (url, prefix):
 
         def make(**overrides: Any) -> Cluster:
             clusters.append(Cluster(tmp_path, pg_url, url, prefix, **overrides))
@@ -37,18 +36,15 @@ def redis_cluster(tmp_path: Path, pg_url: str) -> Iterator[ClusterFactory]:
         yield make
         for cluster in clusters:
             cluster.close()
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path, pg_url: str) -> Iterator[ClusterFactory]:
+    """Build a PostgreSQL + Redis cluster (workers are started by the test)."""
+    yield from _clusters(tmp_path, pg_url, redis_prefix())
 
 
 @pytest.fixture
 def rabbit_cluster(tmp_path: Path, pg_url: str) -> Iterator[ClusterFactory]:
     """Build a PostgreSQL + RabbitMQ cluster."""
-    clusters: list[Cluster] = []
-    with rabbit_prefix(list(ALL_QUEUES)) as (url, prefix):
-
-        def make(**overrides: Any) -> Cluster:
-            clusters.append(Cluster(tmp_path, pg_url, url, prefix, **overrides))
-            return clusters[-1]
-
-        yield make
-        for cluster in clusters:
-            cluster.close()
+    yield from _clusters(tmp_path, pg_url, rabbit_prefix(list(ALL_QUEUES)))

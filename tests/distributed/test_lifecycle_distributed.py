@@ -15,7 +15,6 @@ from tests.distributed.cluster import ROOT, Cluster
 from tests.distributed.conftest import ClusterFactory
 from tests.distributed.services import postgres_database, rabbit_prefix, redis_prefix
 from tests.engine import test_lifecycle as suite
-from tests.engine.test_lifecycle import generation
 
 pytestmark = pytest.mark.integration
 
@@ -70,14 +69,7 @@ def test_priority_order_on_real_brokers(
 ) -> None:
     cluster = (redis_cluster if broker == "redis" else rabbit_cluster)()
     cluster.start_worker(concurrency=1, pool="solo")
-    api = cluster.client()
-    blocker = api.create(generation(["slow"], config={"script": ["slow"], "slow_seconds": 1.0}))
-    api.wait(blocker["id"], {"EXECUTING"})
-    low = [api.create(generation(["ok"], priority=0))["id"] for _ in range(3)]
-    high = api.create(generation(["ok"], priority=8))["id"]
-    done = {t: api.wait(t) for t in [*low, high]}
-    assert done[high]["started_at"] < min(done[t]["started_at"] for t in low)
-    assert [done[t]["started_at"] for t in low] == sorted(done[t]["started_at"] for t in low)  # FIFO within a band
+    suite.assert_priority_order(cluster.client())
 
 
 def test_workers_answer_celery_inspect_ping(redis_cluster: ClusterFactory) -> None:

@@ -130,13 +130,18 @@ def test_missing_provider_fails_truthfully(api: Api) -> None:
 
 
 def test_higher_priority_runs_first(app_factory: AppFactory) -> None:
-    api = app_factory(concurrency=1)
-    blocker = api.create(generation(["slow"], config={"script": ["slow"], "slow_seconds": 0.5}))
+    assert_priority_order(app_factory(concurrency=1))
+
+
+def assert_priority_order(api: Api) -> None:
+    """With the only worker slot busy, a high-priority task queued last starts before earlier low ones."""
+    blocker = api.create(generation(["slow"], config={"script": ["slow"], "slow_seconds": 1.0}))
     api.wait(blocker["id"], {"EXECUTING"})
     low = [api.create(generation(["ok"], priority=0))["id"] for _ in range(3)]
-    high = api.create(generation(["ok"], priority=5))["id"]
+    high = api.create(generation(["ok"], priority=8))["id"]
     done = {t: api.wait(t) for t in [*low, high]}
     assert done[high]["started_at"] < min(done[t]["started_at"] for t in low)
+    assert [done[t]["started_at"] for t in low] == sorted(done[t]["started_at"] for t in low)  # FIFO within a band
 
 
 def _b64() -> str:
