@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.conftest import Api
@@ -96,3 +99,37 @@ def test_worker_refuses_to_start_without_a_broker(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "ATELIER_BROKER__URL" in result.stderr
+
+
+def test_workers_show_up_in_flower(redis_cluster: ClusterFactory, tmp_path: Path) -> None:
+    cluster = redis_cluster()
+    hostname = cluster.start_worker(concurrency=1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "atelier.celery_app",
+        "flower",
+        f"--port={port}",
+        "--address=127.0.0.1",
+        "--basic-auth=ops:flower-test-secret",
+    ]
+    with (tmp_path / "flower.log").open("wb") as log:
+        flower = subprocess.Popen(cmd, env=cluster.env(), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            workers: dict[str, object] = {}
+            while time.monotonic() < deadline and hostname not in workers:
+                try:
+                    url = f"http://127.0.0.1:{port}/api/workers?refresh=1&workername={hostname}"
+                    workers = httpx.get(url, auth=("ops", "flower-test-secret"), timeout=30).json()
+                except (httpx.HTTPError, ValueError):
+                    time.sleep(0.5)
+            assert hostname in workers, (tmp_path / "flower.log").read_text()[-2000:]
+        finally:
+            flower.terminate()
+            flower.wait(timeout=20)
