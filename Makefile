@@ -3,16 +3,18 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
+MODELS := $(VENV)/share/atelier-models
 
 .PHONY: install run test test-fast lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,ml]'
+	$(BIN)/python scripts/install_models.py $(MODELS)
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install the service with its dev tools
+install: $(STAMP)  ## create .venv and install the service with its dev tools, ML extra and shipped model weights
 
 run: install  ## migrate and serve on the embedded default at http://127.0.0.1:8000 (docs at /docs)
 	$(BIN)/atelier serve

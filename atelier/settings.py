@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -101,7 +102,13 @@ class ReaperSettings(BaseModel):
 
 
 class ProviderSettings(BaseModel):
-    """Provider plugins."""
+    """Provider plugins and local model files."""
+
+    models_dir: Path | None = Field(
+        None,
+        description="Folder of local model weights (rembg looks in `<models_dir>/rembg`). Empty: "
+        "`<virtualenv>/share/atelier-models`, where `make` installs the shipped u2netp weights.",
+    )
 
     plugins: list[str] = Field(
         default_factory=list,
@@ -196,6 +203,11 @@ class Settings(BaseSettings):
     def storage_root(self) -> Path:
         """The effective local storage folder."""
         return (self.storage.local_root or self.data_dir / "storage").resolve()
+
+    @property
+    def models_root(self) -> Path:
+        """The effective folder of local model weights."""
+        return (self.providers.models_dir or Path(sys.prefix) / "share" / "atelier-models").resolve()
 
     @property
     def embedded(self) -> bool:

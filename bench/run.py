@@ -199,7 +199,7 @@ def _start_delays(db_url: str, ids: list[str]) -> list[float]:
     engine = create_engine(db_url)
     with engine.connect() as conn:
         rows = conn.execute(select(Task.created_at, Task.started_at).where(Task.id.in_([uuid.UUID(i) for i in ids])))
-        delays = [(started - created).total_seconds() * 1000 for created, started in rows]
+        delays = [(started - created).total_seconds() * 1000 for created, started in rows if started is not None]
     engine.dispose()
     return delays
 

@@ -65,6 +65,8 @@ def build_runtime(settings: Settings, providers: ProviderRegistry | None = None)
 
     if settings.database.url is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+    # rembg finds its weights through this variable; an explicit environment value wins.
+    os.environ.setdefault("U2NET_HOME", str(settings.models_root / "rembg"))
     engine = create_db_engine(
         settings.database_url,
         pool_size=settings.server.threadpool_size,

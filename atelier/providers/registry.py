@@ -87,9 +87,11 @@ class ProviderRegistry:
 def default_registry(plugins: list[str] | None = None) -> ProviderRegistry:
     """The registry with every built-in provider, plus ``module:function`` plugins called with it."""
     from atelier.providers.local.provider import LocalImageAdjuster
+    from atelier.providers.local.segmentation import LocalBackgroundFix, LocalBackgroundRemoval
 
     registry = ProviderRegistry()
-    registry.register(LocalImageAdjuster())
+    for provider in (LocalImageAdjuster(), LocalBackgroundRemoval(), LocalBackgroundFix()):
+        registry.register(provider)
     for entry in plugins or []:
         load_plugin(registry, entry)
     return registry
