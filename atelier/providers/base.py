@@ -70,7 +70,8 @@ class ProviderContext:
     output_prefix: str
     attempt: int
     http: httpx.Client
-    load_image: Callable[[str, str], Image.Image]
+    # (source, field name, optional JPEG shrink-on-load request) -> fully decoded image
+    load_image: Callable[..., Image.Image]
     progress: Callable[[float], None]
     check_cancelled: Callable[[], None]
     log_request: Callable[[dict[str, Any]], None]

@@ -22,7 +22,7 @@ from sqlalchemy import bindparam, update
 
 from atelier.core.db import session_scope
 from atelier.core.errors import InvalidInputError
-from atelier.core.inputs import fetch_url, open_image
+from atelier.core.inputs import DraftRequest, fetch_url, open_image
 from atelier.core.time import utcnow
 from atelier.engine.dispatch import Dispatch, enqueue
 from atelier.providers.base import (
@@ -200,20 +200,22 @@ class TaskRunner:
             output_prefix=f"{OUTPUT_PREFIX[plan.task_type]}/{plan.task_id}",
             attempt=plan.attempt,
             http=self.rt.http,
-            load_image=lambda source, field_name: self._load_image(storage, source, field_name),
+            load_image=lambda source, field_name, draft=None: self._load_image(storage, source, field_name, draft),
             progress=probe.progress,
             check_cancelled=probe.check_cancelled,
             log_request=requests.append,
         )
 
-    def _load_image(self, storage: TenantStorage, source: str, field_name: str) -> Image.Image:
+    def _load_image(
+        self, storage: TenantStorage, source: str, field_name: str, draft: DraftRequest | None = None
+    ) -> Image.Image:
         limits = self.rt.fetch_limits
         loc = ("task_data", field_name)
         if source.lower().startswith(("http://", "https://")):
             data = fetch_url(source, limits=limits, client=self.rt.http, loc=loc)
         else:
             data = storage.read(source)
-        return open_image(data, limits=limits, loc=loc)
+        return open_image(data, limits=limits, loc=loc, draft=draft)
 
     # ------------------------------------------------------------------------------------ recording
 

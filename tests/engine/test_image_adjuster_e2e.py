@@ -8,8 +8,9 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from tests.conftest import Api, AppFactory
 
@@ -191,3 +192,54 @@ def test_redirect_to_metadata_address_fails_the_task(app_factory: AppFactory, im
     assert task["error_category"] == "INVALID_INPUT"
     assert "169.254.169.254" in task["errors"][-1]
     assert _Images.hits[-1] == "/redirect"  # the redirect itself was fetched; its private target never was
+
+
+def _photo_jpeg(size: tuple[int, int]) -> bytes:
+    """A JPEG with structure (gradient + shapes) so resampling differences would show."""
+    width, height = size
+    image = Image.linear_gradient("L").resize(size).convert("RGB")
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((width // 4, height // 4, width // 2, height // 2), fill=(200, 40, 40))
+    draw.rectangle((width // 2, height // 2, width - width // 8, height - height // 8), fill=(30, 90, 200))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=92)
+    return buffer.getvalue()
+
+
+def test_large_jpeg_is_shrunk_on_load_with_the_same_result(api: Api) -> None:
+    data = _photo_jpeg((1600, 1200))
+    upload(api, "in/big.jpg", data)
+    body = {
+        "task_type": "IMAGE_ADJUSTER",
+        "input_image": "in/big.jpg",
+        "mode": "crop",
+        "target_width": 200,
+        "target_height": 200,
+        "resampling": "bilinear",
+    }
+    task = api.wait(api.create(body)["id"])
+    assert task["status"] == "COMPLETED", task["errors"]
+    assert task["result_image_path"].endswith(".jpg")  # JPEG in, JPEG out
+    response = api.client.get(f"/api/v1/storage/images/{task['result_image_path']}", headers=api.headers())
+    ours = Image.open(io.BytesIO(response.content))
+    assert ours.format == "JPEG" and ours.size == (200, 200)
+    full = (
+        Image.open(io.BytesIO(data))
+        .convert("RGB")
+        .crop((200, 0, 1400, 1200))
+        .resize((200, 200), Image.Resampling.BILINEAR)
+    )
+    diff = np.abs(np.asarray(ours.convert("RGB"), dtype=np.int16) - np.asarray(full, dtype=np.int16))
+    assert diff.mean() < 4.0  # resampling noise only: the decoder skipped 15/16 of the pixels
+
+
+def test_draft_request_only_when_shrinking_at_least_twice() -> None:
+    from atelier.providers.local.image_adjuster import AdjustParams
+    from atelier.providers.local.provider import draft_request
+
+    crop = draft_request(AdjustParams(mode="crop", target_width=200, target_height=200))
+    assert crop(1600, 1200) == (267, 200)  # the 1200² crop shrinks by 6: decode at ≥ 1/6
+    assert crop(300, 300) is None  # 1.5×: not worth it
+    pad = draft_request(AdjustParams(mode="pad", target_width=100, target_height=100))
+    assert pad(1600, 800) == (100, 50)
+    assert draft_request(AdjustParams(aspect_ratio=1.0))(1600, 1200) is None  # no exact size: keep every pixel

@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import io
+import math
 from typing import ClassVar
 
 from PIL import Image
 
+from atelier.core.inputs import DraftRequest
 from atelier.providers.base import ProviderContext, ProviderResult
-from atelier.providers.local.image_adjuster import AdjustParams, Margins, adjust_image, margins_from_reference
+from atelier.providers.local.image_adjuster import (
+    AUTO_PAD_THRESHOLD,
+    AdjustParams,
+    Margins,
+    adjust_image,
+    margins_from_reference,
+    resolve_target,
+)
 from atelier.tasks.enums import ProviderType, TaskType
 
 
@@ -37,6 +46,36 @@ def adjust_params(inputs: dict[str, object], margins: Margins | None) -> AdjustP
     )
 
 
+def output_scale(width: int, height: int, params: AdjustParams) -> float | None:
+    """Output pixels per source pixel of a crop/pad/scale to an exact size; None when no exact size is asked."""
+    ratio, size = resolve_target(width, height, params)
+    if size is None:
+        return None
+    target_w, target_h = size
+    mode = params.mode
+    if mode == "auto":
+        mode = "pad" if abs(width / height - ratio) / ratio > AUTO_PAD_THRESHOLD else "crop"
+    if mode == "crop":
+        return target_w / min(width, height * ratio)
+    if mode == "pad":
+        return target_w / max(width, height * ratio)
+    return {"height": target_h / height, "width": target_w / width}.get(
+        params.scaling_proportions, min(target_w / width, target_h / height)
+    )
+
+
+def draft_request(params: AdjustParams) -> DraftRequest:
+    """Ask the JPEG decoder for the smallest size that still has one source pixel per output pixel."""
+
+    def request(width: int, height: int) -> tuple[int, int] | None:
+        scale = output_scale(width, height, params)
+        if scale is None or scale > 0.5:  # shrink-on-load reduces by 2, 4 or 8 at least
+            return None
+        return math.ceil(width * scale), math.ceil(height * scale)
+
+    return request
+
+
 def explicit_margins(inputs: dict[str, object]) -> Margins | None:
     """Margins given in the request, or None when none of the four is set."""
     names = ("margin_top", "margin_bottom", "margin_left", "margin_right")
@@ -54,8 +93,10 @@ class LocalImageAdjuster:
     task_types: ClassVar[frozenset[TaskType]] = frozenset({TaskType.IMAGE_ADJUSTER})
 
     def run(self, ctx: ProviderContext) -> ProviderResult:
-        """Load → (derive margins) → adjust → store the result."""
-        image = ctx.load_image(str(ctx.inputs["input_image_path"]), "input_image_path")
+        """Load (JPEG shrink-on-load when the result is much smaller) → (derive margins) → adjust → store."""
+        params = adjust_params(ctx.inputs, explicit_margins(ctx.inputs))
+        draft = None if params.margins is not None or ctx.inputs.get("reference_image_path") else draft_request(params)
+        image = ctx.load_image(str(ctx.inputs["input_image_path"]), "input_image_path", draft)
         source_format = image.format
         ctx.progress(20.0)
         ctx.check_cancelled()
