@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,ml]'
 	$(BIN)/python scripts/install_models.py $(MODELS)
+	$(BIN)/python -c "import onnxruntime, rembg"  # first import JIT-compiles pymatting (~1 min); cache it now
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install the service with its dev tools, ML extra and shipped model weights

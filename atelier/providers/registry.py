@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import importlib
+import logging
 
 from pydantic import BaseModel
 
 from atelier.providers.base import Provider, ProviderNotAvailableError
 from atelier.providers.configs import CONFIG_MODELS
 from atelier.tasks.enums import ProviderType, TaskType
+
+log = logging.getLogger(__name__)
 
 DEFAULT_QUEUE = "inference"
 
@@ -92,6 +95,13 @@ def default_registry(plugins: list[str] | None = None) -> ProviderRegistry:
     registry = ProviderRegistry()
     for provider in (LocalImageAdjuster(), LocalBackgroundRemoval(), LocalBackgroundFix()):
         registry.register(provider)
+    try:  # OpenCV and scikit-image come with the `ml` extra; without them these tasks fail as not available
+        from atelier.providers.local.enhancers import LocalDetailEnhancer, LocalFaceEnhancer
+    except ImportError as exc:
+        log.warning("face/detail enhancers not installed (%s): pip install 'atelier[ml]'", exc)
+    else:
+        registry.register(LocalFaceEnhancer())
+        registry.register(LocalDetailEnhancer())
     for entry in plugins or []:
         load_plugin(registry, entry)
     return registry

@@ -471,6 +471,10 @@ class DetailEnhancerTaskPublic(TaskPublicBase):
     detail_label: str | None = None
     result_image_path: str | None = None
     fallback_used: bool = False
+    # Additive: where the detail was found, how well it matched, and what the enhancer noted.
+    detail_location: list[int] | None = Field(None, description="Box (left, top, right, bottom) of the detail")
+    match_score: float | None = Field(None, description="Template-match score of the located detail (0-1)")
+    enhancement_notes: list[str] | None = None
 
 
 class BackgroundFixTaskPublic(TaskPublicBase):
@@ -485,6 +489,9 @@ class BackgroundFixTaskPublic(TaskPublicBase):
     shadow_threshold: int | None = None
     mask_expansion_percentage: float | None = None
     result_image_path: str | None = None
+    background_fix_report: dict[str, Any] | None = Field(
+        None, description="Target and reference colours, background share (additive)"
+    )
 
 
 class ImageAdjusterTaskPublic(TaskPublicBase):
@@ -520,6 +527,9 @@ class FaceEnhancerTaskPublic(TaskPublicBase):
     final_ssim_score: float | None = None
     final_lpips_score: float | None = None
     final_dists_score: float | None = None
+    # Additive: the detected face boxes and why a score is missing, when it is.
+    faces: list[list[int]] | None = Field(None, description="Detected faces (left, top, right, bottom)")
+    enhancement_notes: list[str] | None = None
 
 
 TaskPublic = Annotated[

@@ -122,10 +122,10 @@ def test_cancel_while_running_stops_the_provider(api: Api) -> None:
 
 
 def test_missing_provider_fails_truthfully(api: Api) -> None:
-    task = api.wait(api.create({"task_type": "FACE_ENHANCER", "input_image": "data:image/png;base64," + _b64()})["id"])
+    task = api.wait(api.create({"task_type": "VIDEO_GENERATION", "prompt": "turn around"})["id"])
     assert task["status"] == "FAILED"
     assert task["error_category"] == "PROVIDER_NOT_AVAILABLE"
-    assert "no LOCAL provider is installed for FACE_ENHANCER" in task["errors"][-1]
+    assert "no FAL_STANDARD provider is installed for VIDEO_GENERATION" in task["errors"][-1]
     assert task["retry_count"] == 0
 
 
@@ -142,9 +142,3 @@ def assert_priority_order(api: Api) -> None:
     done = {t: api.wait(t) for t in [*low, high]}
     assert done[high]["started_at"] < min(done[t]["started_at"] for t in low)
     assert [done[t]["started_at"] for t in low] == sorted(done[t]["started_at"] for t in low)  # FIFO within a band
-
-
-def _b64() -> str:
-    from tests.conftest import b64_png
-
-    return b64_png()

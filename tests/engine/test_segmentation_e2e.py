@@ -66,7 +66,7 @@ def test_background_removal_cuts_out_every_input(api: Api) -> None:
     photo, truth = disc_photo()
     upload(api, "in/disc.png", photo)
     body = {"task_type": "BACKGROUND_REMOVAL", "input_image_paths": ["in/disc.png", "in/disc.png"]}
-    task = api.wait(api.create(body)["id"], timeout=60)
+    task = api.wait(api.create(body)["id"], timeout=180)
     assert task["status"] == "COMPLETED", task["errors"]
     assert task["provider_type"] == "LOCAL" and task["provider_config"]["rembg_model"] == "u2netp"
     assert len(task["result_image_paths"]) == 2
@@ -86,7 +86,7 @@ def test_missing_model_fails_truthfully(api: Api) -> None:
         "input_image_paths": ["in/disc.png"],
         "provider_config": {"rembg_model": "u2net"},
     }
-    task = api.wait(api.create(body)["id"], timeout=60)
+    task = api.wait(api.create(body)["id"], timeout=180)
     assert task["status"] == "FAILED"
     assert task["error_category"] == "PROVIDER_NOT_AVAILABLE"
     assert "u2net.onnx" in task["errors"][-1]
@@ -107,7 +107,7 @@ def test_background_fix_recolours_the_backdrop_only(api: Api, strategy: str) -> 
         "strategy": strategy,
         "edge_blur_sigma": 3.0,
     }
-    task = api.wait(api.create(body)["id"], timeout=60)
+    task = api.wait(api.create(body)["id"], timeout=180)
     assert task["status"] == "COMPLETED", task["errors"]
     assert task["strategy"] == strategy and task["edge_blur_sigma"] == 3.0
     result = fetch(api, task["result_image_path"]).convert("RGB")

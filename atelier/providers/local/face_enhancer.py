@@ -22,8 +22,8 @@ For each face box, largest first:
    height on each side) and clipped to the image; this is the *region*. Nothing outside the regions is touched.
 2. Attempt ``k`` (1-based) uses strength ``s = 0.5 ** (k - 1)`` (1, 0.5, 0.25, ...). The region's RGB crop is
    upscaled x2 (LANCZOS) when its long side is below 256 px; in CIE Lab, the lightness ``L`` becomes
-   ``L + s * (CLAHE(L) - L)`` (``skimage.exposure.equalize_adapthist``, clip limit 0.01) and then gets an unsharp
-   mask (Gaussian sigma 1.5 px at the working scale, amount ``0.6 * s``); ``a``/``b`` are unchanged. The result is
+   ``L + 0.5 * s * (CLAHE(L) - L)`` (``skimage.exposure.equalize_adapthist``, clip limit 0.01) and then gets an unsharp
+   mask (Gaussian sigma 1.5 px at the working scale, amount ``0.5 * s``); ``a``/``b`` are unchanged. The result is
    converted back to RGB and downscaled (LANCZOS) to the region's size when it was upscaled.
 3. It is blended into the region through a feathered elliptical mask: an ellipse inscribed in the region, inset by
    ``feather_px`` on each side, blurred with a Gaussian of sigma ``feather_px / 2`` (so the weight falls to ~0 at the
@@ -49,12 +49,12 @@ each face and before each attempt; whatever it raises propagates.
 
 from __future__ import annotations
 
+import importlib
 import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
 
 import cv2
 import numpy as np
@@ -70,8 +70,10 @@ DETECT_MAX_SIDE = 1024
 UPSCALE_BELOW = 256
 """Regions whose long side is below this are enhanced at x2 resolution."""
 CLAHE_CLIP_LIMIT = 0.01
+CLAHE_BLEND = 0.5
+"""At strength 1 the lightness moves half-way to its CLAHE result (full CLAHE over-accentuates skin texture)."""
 UNSHARP_SIGMA = 1.5
-UNSHARP_AMOUNT = 0.6
+UNSHARP_AMOUNT = 0.5
 PROFILE_OVERLAP_IOU = 0.3
 MIN_FACE_PX = 24
 MIN_SSIM_SIDE = 7
@@ -116,8 +118,8 @@ def _no_op() -> None:
 
 
 @lru_cache(maxsize=2)
-def _cascade(name: str) -> Any:  # cv2.CascadeClassifier (typed as Any: its stub is not hashable-friendly for cache)
-    path = cv2.data.haarcascades + name
+def _cascade(name: str) -> cv2.CascadeClassifier:
+    path = str(importlib.import_module("cv2.data").haarcascades) + name  # cv2's stubs do not declare cv2.data
     classifier = cv2.CascadeClassifier(path)
     if classifier.empty():
         raise RuntimeError(f"OpenCV Haar cascade {name} could not be loaded from {path}")
@@ -136,11 +138,9 @@ def _contains(outer: Box, inner: Box) -> bool:
     return outer[0] <= inner[0] and outer[1] <= inner[1] and outer[2] >= inner[2] and outer[3] >= inner[3]
 
 
-def _detect(classifier: Any, gray: NDArray[np.uint8]) -> list[Box]:
+def _detect(classifier: cv2.CascadeClassifier, gray: NDArray[np.uint8]) -> list[Box]:
     with _CASCADE_LOCK:
-        found = classifier.detectMultiScale(
-            gray, scaleFactor=1.1, minNeighbors=5, minSize=(MIN_FACE_PX, MIN_FACE_PX)
-        )
+        found = classifier.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(MIN_FACE_PX, MIN_FACE_PX))
     return [(int(x), int(y), int(x + w), int(y + h)) for (x, y, w, h) in found]
 
 
@@ -220,7 +220,7 @@ def _elliptical_mask(width: int, height: int, feather_px: int) -> NDArray[np.flo
     mask = ((((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2) <= 1.0).astype(np.float32)
     if feather_px > 0:
         mask = np.asarray(cv2.GaussianBlur(mask, (0, 0), sigmaX=feather_px / 2.0), dtype=np.float32)
-    return np.clip(mask, 0.0, 1.0)
+    return np.asarray(np.clip(mask, 0.0, 1.0), dtype=np.float32)
 
 
 def _enhance_crop(crop: NDArray[np.uint8], strength: float) -> NDArray[np.uint8]:
@@ -235,12 +235,12 @@ def _enhance_crop(crop: NDArray[np.uint8], strength: float) -> NDArray[np.uint8]
     lab = np.asarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2Lab), dtype=np.float32)
     lightness = lab[:, :, 0] / 100.0
     equalised = np.asarray(equalize_adapthist(np.clip(lightness, 0.0, 1.0), clip_limit=CLAHE_CLIP_LIMIT))
-    lightness = lightness + strength * (equalised.astype(np.float32) - lightness)
+    lightness = lightness + CLAHE_BLEND * strength * (equalised.astype(np.float32) - lightness)
     blurred = np.asarray(cv2.GaussianBlur(lightness, (0, 0), sigmaX=UNSHARP_SIGMA), dtype=np.float32)
     lightness = lightness + UNSHARP_AMOUNT * strength * (lightness - blurred)
     lab[:, :, 0] = np.clip(lightness, 0.0, 1.0) * 100.0
     out_rgb = np.asarray(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB), dtype=np.float32)
-    out = np.clip(np.rint(out_rgb * 255.0), 0, 255).astype(np.uint8)
+    out = np.asarray(np.clip(np.rint(out_rgb * 255.0), 0, 255), dtype=np.uint8)
     if upscaled:
         out = np.asarray(Image.fromarray(out).resize((width, height), Image.Resampling.LANCZOS), dtype=np.uint8)
     return out
@@ -256,7 +256,7 @@ def _ssim(a: NDArray[np.uint8], b: NDArray[np.uint8]) -> float:
     win = MIN_SSIM_SIDE if side >= MIN_SSIM_SIDE else (side if side % 2 else side - 1)
     if win < 3:
         return 1.0 if np.array_equal(ga, gb) else 0.0
-    return float(structural_similarity(ga, gb, data_range=255, win_size=win))
+    return float(structural_similarity(ga, gb, data_range=255, win_size=win))  # type: ignore[no-untyped-call]
 
 
 def _split(image: Image.Image, notes: list[str]) -> tuple[NDArray[np.uint8], Image.Image | None, str]:
@@ -282,9 +282,7 @@ def _merge(rgb: NDArray[np.uint8], alpha: Image.Image | None, mode: str) -> Imag
     return out
 
 
-def enhance_faces(
-    image: Image.Image, params: FaceParams, check_cancelled: Callable[[], None] = _no_op
-) -> FaceResult:
+def enhance_faces(image: Image.Image, params: FaceParams, check_cancelled: Callable[[], None] = _no_op) -> FaceResult:
     """Detect faces and enhance each one (see module doc)."""
     _validate(params)
     notes: list[str] = []
@@ -305,7 +303,6 @@ def enhance_faces(
         )
 
     rgb, alpha, mode = _split(image, notes)
-    original_rgb = rgb.copy()
     regions: list[Box] = []
     scores: list[float] = []
     attempts_used = 0
@@ -329,12 +326,9 @@ def enhance_faces(
             if params.ssim_threshold <= 0.0 or score >= params.ssim_threshold:
                 kept = candidate
                 break
-            if params.ssim_threshold > 0.0:
-                notes.append(
-                    f"face {index}: attempt {attempt} SSIM {score:.4f} below threshold {params.ssim_threshold:.4f}"
-                )
-            if params.ssim_threshold <= 0.0:
-                break
+            notes.append(
+                f"face {index}: attempt {attempt} SSIM {score:.4f} below threshold {params.ssim_threshold:.4f}"
+            )
         if kept is None:
             fallback_used = True
             notes.append(f"face {index}: original kept (no attempt passed the SSIM gate)")
@@ -344,9 +338,9 @@ def enhance_faces(
             scores.append(score)
 
     result = _merge(rgb, alpha, mode)
-    if mode in ("L", "LA") or mode != image.mode:
-        # Conversions back to the output mode touch only the regions: copy every other pixel from the original.
-        base = _merge(original_rgb, alpha, mode) if mode != image.mode else image.copy()
+    if mode in ("L", "LA"):
+        # RGB -> L happens only inside the regions: every other pixel is copied from the original as is.
+        base = image.copy()
         for left, top, right, bottom in regions:
             base.paste(result.crop((left, top, right, bottom)), (left, top))
         result = base
