@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import httpx
+import numpy as np
 from PIL import Image, ImageOps
 
 from atelier.core.errors import InputTooLargeError, InvalidInputError, UnsafeURLError
@@ -346,7 +347,7 @@ def open_image(data: bytes, *, limits: FetchLimits, loc: Loc = (), draft: DraftR
             if draft is not None and source_format == "JPEG":
                 _apply_draft(image, draft)
             image.load()
-            result = ImageOps.exif_transpose(image)
+            result = normalise_mode(ImageOps.exif_transpose(image))
             result.format = source_format  # keep the format: callers choose the output encoding from it
             return result
         except Image.DecompressionBombError as exc:
@@ -354,6 +355,28 @@ def open_image(data: bytes, *, limits: FetchLimits, loc: Loc = (), draft: DraftR
         # Pillow's decoders raise a zoo of exception types on truncated or hostile data.
         except Exception as exc:
             raise InvalidInputError(f"not a decodable image: {type(exc).__name__}", loc=loc) from exc
+
+
+HIGH_DEPTH_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """Grey 16-bit/32-bit/float images as 8-bit "L": Pillow's own conversion clips them to white instead."""
+    values = np.asarray(image, dtype=np.float32)
+    if image.mode == "F":
+        scaled = values * 255.0 if values.max(initial=0.0) <= 1.0 else values
+    else:  # I;16*, I: 16-bit range unless every value already fits 8 bits
+        scaled = values / 257.0 if values.max(initial=0.0) > 255 else values
+    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
+
+
+def normalise_mode(image: Image.Image) -> Image.Image:
+    """Every decoded input in an 8-bit mode the providers handle: 16-bit/float grey scaled, CMYK/YCbCr to RGB."""
+    if image.mode in HIGH_DEPTH_MODES:
+        return to_8bit(image)
+    if image.mode in {"CMYK", "YCbCr", "LAB", "HSV"}:
+        return image.convert("RGB")
+    return image
 
 
 def _apply_draft(image: Image.Image, draft: DraftRequest) -> None:

@@ -687,3 +687,28 @@ def test_safe_relative_path_refuses(path: str) -> None:
     with pytest.raises(InvalidInputError, match="path") as info:
         safe_relative_path(path, loc=LOC)
     assert info.value.loc == LOC
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt"),
+    [("I;16", "PNG"), ("I", "TIFF"), ("F", "TIFF"), ("CMYK", "JPEG"), ("CMYK", "TIFF")],
+)
+def test_open_image_normalises_deep_and_print_modes(mode: str, fmt: str) -> None:
+    size = (24, 16)
+    if mode in {"I;16", "I", "F"}:
+        peak = {"I;16": 65535, "I": 65535, "F": 1.0}[mode]
+        source = Image.new(mode, size, 0)
+        source.paste(peak, (0, 0, 12, 16))  # left half at full scale, right half black
+    else:
+        source = Image.new("CMYK", size, (0, 255, 255, 0))  # pure red in print colours
+    buffer = io.BytesIO()
+    source.save(buffer, format=fmt)
+    image = open_image(buffer.getvalue(), limits=FetchLimits())
+    assert image.size == size and image.format == fmt
+    if mode in {"I;16", "I", "F"}:
+        assert image.mode == "L"
+        assert image.getpixel((2, 2)) == 255 and image.getpixel((20, 2)) == 0  # scaled, not clipped to white
+    else:
+        assert image.mode == "RGB"
+        red, green, blue = image.getpixel((5, 5))  # type: ignore[misc]
+        assert red > 200 and green < 60 and blue < 60

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from atelier.core.errors import InvalidInputError
+from atelier.core.inputs import to_8bit
 from atelier.providers.base import ProviderFatalError
 from atelier.tasks.enums import ErrorCategory
 
@@ -171,16 +172,6 @@ def clear_session_cache() -> None:
         _sessions.clear()
 
 
-def _to_8bit(image: Image.Image) -> Image.Image:
-    """Grey 16-bit/32-bit/float images as 8-bit "L": Pillow's own conversion clips them to white instead."""
-    values = np.asarray(image, dtype=np.float64)
-    if image.mode == "F":
-        scaled = values * 255.0 if values.max(initial=0.0) <= 1.0 else values
-    else:  # I;16*, I: 16-bit range unless every value already fits 8 bits
-        scaled = values / 257.0 if values.max(initial=0.0) > 255 else values
-    return Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
-
-
 def model_input(image: Image.Image) -> Image.Image:
     """A fresh RGB copy of ``image`` for the model, same size, with no metadata.
 
@@ -188,7 +179,7 @@ def model_input(image: Image.Image) -> Image.Image:
     Dropping the metadata matters: rembg applies EXIF orientation, which would rotate the mask off the input's size.
     """
     if image.mode in {"I", "F"} or image.mode.startswith("I;16"):
-        image = _to_8bit(image)
+        image = to_8bit(image)
     try:
         if image.mode in {"RGBA", "LA", "PA", "RGBa", "La"} or "transparency" in image.info:
             rgba = image.convert("RGBA")
