@@ -63,6 +63,8 @@ from PIL import Image
 from skimage.exposure import equalize_adapthist
 from skimage.metrics import structural_similarity
 
+from atelier.providers.local.tiling import process_tiled
+
 Box = tuple[int, int, int, int]
 
 DETECT_MAX_SIDE = 1024
@@ -78,6 +80,9 @@ PROFILE_OVERLAP_IOU = 0.3
 MIN_FACE_PX = 24
 MIN_SSIM_SIDE = 7
 """SSIM's default 7x7 window needs at least this many pixels on each side."""
+TILE_ABOVE = 1024  # larger face crops (4K portraits) are enhanced in tiles of about TILE_AREA pixels
+TILE_AREA = 768 * 768
+TILE_OVERLAP = 32
 LPIPS_DISTS_NOTE = "LPIPS/DISTS scorers need model weights that are not installed"
 
 _FRONTAL_CASCADE = "haarcascade_frontalface_default.xml"
@@ -224,6 +229,15 @@ def _elliptical_mask(width: int, height: int, feather_px: int) -> NDArray[np.flo
 
 
 def _enhance_crop(crop: NDArray[np.uint8], strength: float) -> NDArray[np.uint8]:
+    """The enhanced crop; crops above TILE_ABOVE px are worked tile by tile with feathered seams."""
+    height, width = crop.shape[:2]
+    if max(width, height) <= TILE_ABOVE:
+        return _enhance_region(crop, strength)
+    tiles = math.ceil(width * height / TILE_AREA)
+    return process_tiled(crop, lambda tile: _enhance_region(tile, strength), num_tiles=tiles, overlap=TILE_OVERLAP)
+
+
+def _enhance_region(crop: NDArray[np.uint8], strength: float) -> NDArray[np.uint8]:
     """The enhanced version of an RGB uint8 crop (same size), at ``strength`` in (0, 1]."""
     height, width = crop.shape[:2]
     work = crop
