@@ -83,6 +83,14 @@ def test_detail_enhancer_finds_and_restores_the_detail(api: Api) -> None:
     assert task["fallback_used"] is False and task["detail_label"] == "logos"
     left, top, right, bottom = task["detail_location"]
     assert abs(left - 200) <= 3 and abs(top - 120) <= 3 and abs(right - 248) <= 3 and abs(bottom - 156) <= 3
+    response = api.client.get(f"/api/v1/storage/images/{task['result_image_path']}", headers=api.headers())
+    restored = np.asarray(Image.open(io.BytesIO(response.content)).convert("RGB"), dtype=float)
+    sharp = np.asarray(_logo(), dtype=float)[8:28, 8:40]  # the interior, where the blend is complete
+
+    def error(pixels: np.ndarray) -> float:
+        return float(np.abs(pixels[128:148, 208:240] - sharp).mean())
+
+    assert error(restored) < 0.5 * error(np.asarray(base, dtype=float))  # the sharp detail is back
 
 
 def test_detail_enhancer_falls_back_when_the_detail_is_absent(api: Api) -> None:

@@ -19,10 +19,12 @@ Restoration (:func:`enhance_detail`)
 1. Locate the reference. No location, or a score below ``min_score``: the base is returned unchanged (a copy),
    ``fallback_used=True``, with a note giving the score.
 2. The reference (RGB) is resized (LANCZOS) to the located box.
-3. Colour match: in CIE Lab (OpenCV, float), each channel of the resized reference is moved to the mean and
-   standard deviation of the same channel in the base's box, ``out = (ref - mean_ref) / std_ref * std_base +
-   mean_base`` (a channel with ``std_ref < 1e-3`` only gets its mean shifted), so the restored detail takes the
-   base's lighting and colour cast while keeping the reference's sharp structure.
+3. Colour match: in CIE Lab (OpenCV, float), the lightness of the resized reference is moved to the mean
+   lightness of the base's box (its contrast is kept: a degraded detail has lost contrast, so matching the
+   spread would copy the degradation), and each colour channel is moved to the base's mean and standard
+   deviation, ``out = (ref - mean_ref) / std_ref * std_base + mean_base`` (a channel with ``std_ref < 1e-3``
+   only gets its mean shifted), so the restored detail takes the base's lighting and colour cast while keeping
+   the reference's sharp structure.
 4. Blend: ``out = base + w * (matched - base)`` inside the box, where ``w`` is 1 in the box's interior and falls
    to 0 at its border over ``feather_px`` pixels (a smoothstep of the distance to the nearest box edge; a hard
    edge with ``feather_px = 0``). When the reference has an alpha channel, ``w`` is also multiplied by the
@@ -159,14 +161,16 @@ def _lab(rgb: NDArray[np.uint8]) -> NDArray[np.float32]:
 
 
 def _colour_match(reference: NDArray[np.uint8], target: NDArray[np.uint8]) -> NDArray[np.float32]:
-    """``reference`` (RGB) with each Lab channel moved to ``target``'s mean/std; RGB float in 0..255."""
+    """``reference`` (RGB) moved to ``target``'s lighting (L mean) and colour cast (a/b mean+std); RGB 0..255."""
     ref_lab = _lab(reference)
     tgt_lab = _lab(target)
     out = np.empty_like(ref_lab)
     for c in range(3):
         ref_c, tgt_c = ref_lab[:, :, c], tgt_lab[:, :, c]
         ref_std = float(ref_c.std())
-        if ref_std < MIN_CHANNEL_STD:
+        # Lightness keeps the reference's contrast (the degraded detail lost exactly that); only its mean moves
+        # to the base's, which carries the lighting. Colour channels match mean and spread (the colour cast).
+        if c == 0 or ref_std < MIN_CHANNEL_STD:
             out[:, :, c] = ref_c - float(ref_c.mean()) + float(tgt_c.mean())
         else:
             out[:, :, c] = (ref_c - float(ref_c.mean())) * (float(tgt_c.std()) / ref_std) + float(tgt_c.mean())
