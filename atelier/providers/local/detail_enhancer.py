@@ -47,6 +47,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from atelier.providers.local.modes import split_alpha
+
 Box = tuple[int, int, int, int]
 
 LOCATE_MAX_SIDE = 1024
@@ -178,18 +180,6 @@ def _colour_match(reference: NDArray[np.uint8], target: NDArray[np.uint8]) -> ND
     return np.asarray(np.clip(rgb, 0.0, 1.0) * 255.0, dtype=np.float32)
 
 
-def _split(image: Image.Image, notes: list[str]) -> tuple[NDArray[np.uint8], Image.Image | None, str]:
-    mode = image.mode
-    if mode not in ("RGB", "RGBA", "L", "LA"):
-        has_alpha = "A" in image.getbands() or "transparency" in image.info
-        new_mode = "RGBA" if has_alpha else "RGB"
-        notes.append(f"input mode {mode} converted to {new_mode}")
-        image = image.convert(new_mode)
-        mode = new_mode
-    alpha = image.getchannel("A") if mode in ("RGBA", "LA") else None
-    return np.array(image.convert("RGB"), dtype=np.uint8), alpha, mode
-
-
 def enhance_detail(
     base: Image.Image,
     reference: Image.Image,
@@ -220,7 +210,7 @@ def enhance_detail(
     box_w, box_h = right - left, bottom - top
     check_cancelled()
 
-    rgb, alpha, mode = _split(base, notes)
+    rgb, alpha, mode = split_alpha(base, notes)
     region = rgb[top:bottom, left:right]
     ref_rgb = np.asarray(reference.convert("RGB").resize((box_w, box_h), Image.Resampling.LANCZOS), dtype=np.uint8)
     matched = _colour_match(ref_rgb, region)

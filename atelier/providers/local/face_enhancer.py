@@ -63,6 +63,7 @@ from PIL import Image
 from skimage.exposure import equalize_adapthist
 from skimage.metrics import structural_similarity
 
+from atelier.providers.local.modes import split_alpha
 from atelier.providers.local.tiling import process_tiled
 
 Box = tuple[int, int, int, int]
@@ -273,20 +274,6 @@ def _ssim(a: NDArray[np.uint8], b: NDArray[np.uint8]) -> float:
     return float(structural_similarity(ga, gb, data_range=255, win_size=win))  # type: ignore[no-untyped-call]
 
 
-def _split(image: Image.Image, notes: list[str]) -> tuple[NDArray[np.uint8], Image.Image | None, str]:
-    """RGB working array, the alpha band set aside (or None), and the mode to return."""
-    mode = image.mode
-    if mode not in ("RGB", "RGBA", "L", "LA"):
-        has_alpha = "A" in image.getbands() or "transparency" in image.info
-        new_mode = "RGBA" if has_alpha else "RGB"
-        notes.append(f"input mode {mode} converted to {new_mode}")
-        image = image.convert(new_mode)
-        mode = new_mode
-    alpha = image.getchannel("A") if mode in ("RGBA", "LA") else None
-    rgb = np.array(image.convert("RGB"), dtype=np.uint8)
-    return rgb, alpha, mode
-
-
 def _merge(rgb: NDArray[np.uint8], alpha: Image.Image | None, mode: str) -> Image.Image:
     out = Image.fromarray(rgb)
     if mode in ("L", "LA"):
@@ -316,7 +303,7 @@ def enhance_faces(image: Image.Image, params: FaceParams, check_cancelled: Calla
             notes=notes,
         )
 
-    rgb, alpha, mode = _split(image, notes)
+    rgb, alpha, mode = split_alpha(image, notes)
     regions: list[Box] = []
     scores: list[float] = []
     attempts_used = 0
