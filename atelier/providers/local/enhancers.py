@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 from atelier.providers.base import ProviderContext, ProviderResult
 from atelier.providers.local.detail_enhancer import DetailParams, enhance_detail
 from atelier.providers.local.face_enhancer import FaceParams, enhance_faces
-from atelier.providers.local.provider import encode_image
+from atelier.providers.local.provider import store_image
 from atelier.tasks.enums import ProviderType, TaskType
 
 
@@ -42,11 +42,9 @@ class LocalFaceEnhancer:
         ctx.progress(10.0)
         result = enhance_faces(image, FaceParams(**_overrides(ctx, self.KNOBS)), ctx.check_cancelled)
         ctx.progress(80.0)
-        data, ext, content_type = encode_image(result.image, image.format)
-        stored = ctx.storage.save(ctx.output_path(f"result.{ext}"), data, content_type)
         return ProviderResult(
             outputs={
-                "result_image_path": stored.path,
+                "result_image_path": store_image(ctx, result.image, image.format),
                 "face_detected": result.face_detected,
                 "fallback_used": result.fallback_used,
                 "attempts_used": result.attempts_used,
@@ -75,11 +73,9 @@ class LocalDetailEnhancer:
         label = ctx.inputs.get("detail_label")
         result = enhance_detail(base, reference, params, label, ctx.check_cancelled)
         ctx.progress(80.0)
-        data, ext, content_type = encode_image(result.image, base.format)
-        stored = ctx.storage.save(ctx.output_path(f"result.{ext}"), data, content_type)
         return ProviderResult(
             outputs={
-                "result_image_path": stored.path,
+                "result_image_path": store_image(ctx, result.image, base.format),
                 "fallback_used": result.fallback_used,
                 # a location below min_score was rejected: it is not where the detail is
                 "detail_location": list(result.located) if result.located and not result.fallback_used else None,

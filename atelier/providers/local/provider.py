@@ -31,6 +31,12 @@ def encode_image(image: Image.Image, source_format: str | None) -> tuple[bytes, 
     return buffer.getvalue(), "png", "image/png"
 
 
+def store_image(ctx: ProviderContext, image: Image.Image, source_format: str | None, stem: str = "result") -> str:
+    """Encode an output (see ``encode_image``) and save it in the task's folder; return its storage path."""
+    data, ext, content_type = encode_image(image, source_format)
+    return ctx.storage.save(ctx.output_path(f"{stem}.{ext}"), data, content_type).path
+
+
 def adjust_params(inputs: dict[str, object], margins: Margins | None) -> AdjustParams:
     """Build the algorithm's parameters from the task's stored inputs."""
     return AdjustParams(
@@ -108,11 +114,9 @@ class LocalImageAdjuster:
         result = adjust_image(image, adjust_params(ctx.inputs, margins))  # AdjustError is a ValueError: no retry
         ctx.progress(70.0)
         ctx.check_cancelled()
-        data, ext, content_type = encode_image(result.image, source_format)
-        stored = ctx.storage.save(ctx.output_path(f"result.{ext}"), data, content_type)
         return ProviderResult(
             outputs={
-                "result_image_path": stored.path,
+                "result_image_path": store_image(ctx, result.image, source_format),
                 "result_width": result.image.width,
                 "result_height": result.image.height,
                 "adjustment_applied": result.applied,

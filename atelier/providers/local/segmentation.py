@@ -9,7 +9,7 @@ from atelier.providers.base import ProviderContext, ProviderResult
 from atelier.providers.configs import LocalProviderConfig
 from atelier.providers.local.background_fix import FixParams, fix_background
 from atelier.providers.local.background_removal import remove_background, subject_mask
-from atelier.providers.local.provider import encode_image
+from atelier.providers.local.provider import store_image
 from atelier.tasks.enums import ProviderType, TaskType
 
 
@@ -33,8 +33,7 @@ class LocalBackgroundRemoval:
             ctx.check_cancelled()
             image = ctx.load_image(source, f"input_image_paths[{index}]")
             cutout = remove_background(image, _model(ctx))
-            data, ext, content_type = encode_image(cutout, None)
-            results.append(ctx.storage.save(ctx.output_path(f"result_{index}.{ext}"), data, content_type).path)
+            results.append(store_image(ctx, cutout, None, f"result_{index}"))
             ctx.progress(100.0 * (index + 1) / len(sources))
         return ProviderResult(outputs={"result_image_paths": results})
 
@@ -62,7 +61,6 @@ class LocalBackgroundFix:
             mask_expansion_percentage=float(ctx.inputs.get("mask_expansion_percentage", 0.005)),
         )
         fixed, report = fix_background(base, mask, palette, params)
-        data, ext, content_type = encode_image(fixed, base.format)
-        stored = ctx.storage.save(ctx.output_path(f"result.{ext}"), data, content_type)
         report_json = json.loads(json.dumps(report, default=float))  # numpy scalars → plain JSON numbers
-        return ProviderResult(outputs={"result_image_path": stored.path, "background_fix_report": report_json})
+        path = store_image(ctx, fixed, base.format)
+        return ProviderResult(outputs={"result_image_path": path, "background_fix_report": report_json})
