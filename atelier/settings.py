@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEV_SECRET = "atelier-dev-secret-change-me-0000000000"  # noqa: S105 - refused outside dev, see validator
@@ -101,8 +101,64 @@ class ReaperSettings(BaseModel):
     )
 
 
+class RemoteServiceSettings(BaseModel):
+    """Connection to one remote AI service (base URL, credential, timeouts, polling)."""
+
+    base_url: str = Field(description="Base URL of the service's API (point it at a proxy or a test server).")
+    api_key: SecretStr | None = Field(None, description="API key or token; never logged or returned by the API.")
+    timeout_seconds: float = Field(60.0, gt=0, description="Timeout of one HTTP call to the service.")
+    poll_interval_seconds: float = Field(1.0, gt=0, description="Seconds between status polls of an async job.")
+    max_wait_seconds: float = Field(1800.0, gt=0, description="Longest a task waits for one remote job.")
+    call_attempts: int = Field(
+        3, ge=1, le=10, description="Tries of one idempotent call on 429/5xx/timeouts before the task attempt fails."
+    )
+    max_retry_after_seconds: float = Field(
+        60.0, ge=0, description="Longest in-call wait honoured from a Retry-After header; longer waits go to the task."
+    )
+    max_download_bytes: int = Field(512 * 1024 * 1024, ge=1, description="Largest result file downloaded.")
+
+
+class VertexSettings(RemoteServiceSettings):
+    """Vertex AI (Gemini image models) with service-account authentication."""
+
+    base_url: str = Field("https://{location}-aiplatform.googleapis.com", description="Vertex API base URL.")
+    project: str | None = Field(None, description="Google Cloud project id (default: the service account's).")
+    location: str = Field("global", description="Vertex location, e.g. `global` or `us-central1`.")
+    credentials_file: Path | None = Field(None, description="Service-account JSON key file.")
+    token_url: str | None = Field(None, description="OAuth token endpoint. Empty: the key file's `token_uri`.")
+    model: str = Field("gemini-2.5-flash-image", description="Default image model.")
+
+
+def _service(description: str, base_url: str, **extra: Any) -> Any:
+    """A settings field whose default connects to ``base_url``."""
+    return Field(
+        default_factory=lambda: RemoteServiceSettings(base_url=base_url, **extra),
+        description=f"{description} (default base URL {base_url}).",
+    )
+
+
 class ProviderSettings(BaseModel):
-    """Provider plugins and local model files."""
+    """Provider plugins, local model files and the remote services' connections."""
+
+    fal: RemoteServiceSettings = _service("fal.ai queue API", "https://queue.fal.run")
+    fashn: RemoteServiceSettings = _service("FASHN API", "https://api.fashn.ai", poll_interval_seconds=2.0)
+    freepik: RemoteServiceSettings = _service("Freepik API", "https://api.freepik.com", poll_interval_seconds=2.0)
+    vertex: VertexSettings = Field(default_factory=VertexSettings, description="Vertex AI (Gemini image models).")
+    openai: RemoteServiceSettings = _service("OpenAI API (AiCore)", "https://api.openai.com", timeout_seconds=120.0)
+    anthropic: RemoteServiceSettings = _service(
+        "Anthropic API (AiCore)", "https://api.anthropic.com", timeout_seconds=120.0
+    )
+    gemini: RemoteServiceSettings = _service(
+        "Gemini API (AiCore)", "https://generativelanguage.googleapis.com", timeout_seconds=120.0
+    )
+    ollama: RemoteServiceSettings = _service("Ollama server (AiCore)", "http://127.0.0.1:11434", timeout_seconds=300.0)
+    sartiq_fal_app_id: str = Field(
+        "fal-ai/flux/dev/image-to-image",
+        description="fal image-to-image app the Sartiq refiner/face/garment fixers send their tiles to.",
+    )
+    nano_banana_model: str = Field(
+        "gemini-2.5-flash-image", description="Gemini image model used by the Nano Banana upscaler (via Vertex)."
+    )
 
     models_dir: Path | None = Field(
         None,

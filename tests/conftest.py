@@ -112,12 +112,15 @@ def app_factory(tmp_path: Path) -> Iterator[AppFactory]:
         registry: ProviderRegistry | None = None,
         concurrency: int = 2,
         migrate: bool = True,
+        builtin: bool = False,
         **overrides: Any,
     ) -> Api:
         broker = {"embedded_concurrency": concurrency, "embedded_worker": worker, **overrides.pop("broker", {})}
         settings = make_settings(tmp_path / "data", broker=broker, **overrides)
         if migrate:
             upgrade(settings.database_url)
+        if builtin:  # the real providers only, connected as ``settings`` says (no scripted fakes)
+            registry = default_registry(settings.providers.plugins, settings.providers)
         client = TestClient(create_app(settings, providers=registry or scripted_registry()))
         client.__enter__()
         apps.append(Api(client, settings))

@@ -78,7 +78,7 @@ def build_runtime(settings: Settings, providers: ProviderRegistry | None = None)
         engine=engine,
         sessions=create_session_factory(engine),
         storage=create_storage(settings),
-        providers=providers or default_registry(settings.providers.plugins),
+        providers=providers or default_registry(settings.providers.plugins, settings.providers),
         http=httpx.Client(timeout=settings.inputs.fetch_timeout_seconds, follow_redirects=False),
         worker_name=f"{socket.gethostname()}:{os.getpid()}",
     )

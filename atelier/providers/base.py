@@ -11,6 +11,7 @@ import httpx
 from PIL import Image
 from pydantic import BaseModel
 
+from atelier.core.inputs import FetchLimits
 from atelier.storage.service import TenantStorage
 from atelier.tasks.enums import ErrorCategory, ProviderType, TaskType
 
@@ -19,6 +20,8 @@ class ProviderError(Exception):
     """Base of the errors a provider raises deliberately; ``category`` ends up in ``error_category``."""
 
     category: ErrorCategory = ErrorCategory.PROVIDER_ERROR
+    # True when the remote job behind ``ctx.remote_id`` is dead: the next attempt must submit a new one.
+    discard_remote: bool = False
 
     def __init__(self, message: str, *, category: ErrorCategory | None = None) -> None:
         super().__init__(message)
@@ -75,6 +78,11 @@ class ProviderContext:
     progress: Callable[[float], None]
     check_cancelled: Callable[[], None]
     log_request: Callable[[dict[str, Any]], None]
+    # The remote job id a previous attempt of this provider saved (a resumed task polls it, never resubmits).
+    remote_id: str | None = None
+    # Persist the remote job id at once (and into ``config_field`` of the provider config, e.g. fal_request_id).
+    save_remote_id: Callable[[str, str | None], None] = field(default=lambda remote_id, config_field: None)
+    fetch_limits: FetchLimits | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     def output_path(self, name: str) -> str:

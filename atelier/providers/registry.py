@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from atelier.providers.base import Provider, ProviderNotAvailableError
 from atelier.providers.configs import CONFIG_MODELS
+from atelier.settings import ProviderSettings
 from atelier.tasks.enums import ProviderType, TaskType
 
 log = logging.getLogger(__name__)
@@ -87,14 +88,21 @@ class ProviderRegistry:
         return ", ".join(sorted(f"{p.value}/{t.value}" for p, t in self._providers))
 
 
-def default_registry(plugins: list[str] | None = None) -> ProviderRegistry:
-    """The registry with every built-in provider, plus ``module:function`` plugins called with it."""
+def default_registry(plugins: list[str] | None = None, settings: ProviderSettings | None = None) -> ProviderRegistry:
+    """The registry with every built-in provider, plus ``module:function`` plugins called with it.
+
+    Remote providers are built with ``settings`` (their base URLs and credentials); default settings
+    point at the public services.
+    """
     from atelier.providers.local.provider import LocalImageAdjuster
     from atelier.providers.local.segmentation import LocalBackgroundFix, LocalBackgroundRemoval
+    from atelier.providers.remote import remote_providers
 
     registry = ProviderRegistry()
     for provider in (LocalImageAdjuster(), LocalBackgroundRemoval(), LocalBackgroundFix()):
         registry.register(provider)
+    for remote in remote_providers(settings or ProviderSettings()):
+        registry.register(remote)
     try:  # OpenCV and scikit-image come with the `ml` extra; without them these tasks fail as not available
         from atelier.providers.local.enhancers import LocalDetailEnhancer, LocalFaceEnhancer
     except ImportError as exc:

@@ -13,6 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -20,7 +21,7 @@ from PIL import Image
 from pydantic import ValidationError
 from sqlalchemy import bindparam, update
 
-from atelier.core.db import session_scope
+from atelier.core.db import JSONType, session_scope
 from atelier.core.errors import InvalidInputError
 from atelier.core.inputs import DraftRequest, fetch_url, open_image
 from atelier.core.time import utcnow
@@ -67,6 +68,7 @@ class Plan:
     claimed_version: datetime  # ``updated_at`` right after the claim: unchanged means nobody else wrote
     service_requests: list[dict[str, Any]]
     service_task_id: str | None
+    fallback_active: bool = False
 
 
 @dataclass
@@ -77,6 +79,7 @@ class Outcome:
     message: str = ""
     category: ErrorCategory | None = None
     retry_after: float | None = None
+    discard_remote: bool = False
     result: ProviderResult | None = None
     requests: list[dict[str, Any]] = field(default_factory=list)
 
@@ -137,6 +140,7 @@ class TaskRunner:
                 claimed_version=task.updated_at,
                 service_requests=list(task.service_requests or []),
                 service_task_id=task.service_task_id,
+                fallback_active=use_fallback,
             )
 
     # ------------------------------------------------------------------------------------ provider call
@@ -153,11 +157,11 @@ class TaskRunner:
         except (InvalidInputError, ValidationError, ValueError) as exc:
             outcome = Outcome("invalid", f"invalid input: {exc}", ErrorCategory.INVALID_INPUT)
         except ProviderRetryableError as exc:
-            outcome = Outcome("retryable", str(exc), exc.category, exc.retry_after)
+            outcome = Outcome("retryable", str(exc), exc.category, exc.retry_after, exc.discard_remote)
         except ProviderFatalError as exc:
-            outcome = Outcome("fatal", str(exc), exc.category)
+            outcome = Outcome("fatal", str(exc), exc.category, discard_remote=exc.discard_remote)
         except ProviderError as exc:
-            outcome = Outcome("retryable", str(exc), exc.category)
+            outcome = Outcome("retryable", str(exc), exc.category, discard_remote=exc.discard_remote)
         except httpx.TimeoutException as exc:
             outcome = Outcome("retryable", f"timeout: {exc}", ErrorCategory.PROVIDER_TIMEOUT)
         except httpx.HTTPError as exc:
@@ -204,7 +208,18 @@ class TaskRunner:
             progress=probe.progress,
             check_cancelled=probe.check_cancelled,
             log_request=requests.append,
+            remote_id=plan.service_task_id,
+            save_remote_id=partial(self._save_remote_id, plan, probe),
+            fetch_limits=self.rt.fetch_limits,
         )
+
+    def _save_remote_id(self, plan: Plan, probe: _Probe, remote_id: str, config_field: str | None) -> None:
+        config = dict(plan.provider_config or {})
+        if config_field:
+            config[config_field] = remote_id
+        probe.save_remote(remote_id, config if config_field else None, plan.fallback_active)
+        plan.service_task_id = remote_id
+        plan.provider_config = config
 
     def _load_image(
         self, storage: TenantStorage, source: str, field_name: str, draft: DraftRequest | None = None
@@ -262,6 +277,8 @@ class TaskRunner:
     def _retry_or_fail(self, session: Session, task: Task, outcome: Outcome) -> None:
         settings = self.rt.settings.tasks
         category = outcome.category or ErrorCategory.PROVIDER_ERROR
+        if outcome.discard_remote:
+            forget_remote_job(task)
         if outcome.kind == "retryable" and task.retry_count < task.max_retries:
             task.retry_count += 1
             delay = backoff_seconds(
@@ -282,6 +299,7 @@ class TaskRunner:
             record_event(session, task, EventType.TASK_RETRY_SCHEDULED, message, {"delay_seconds": delay})
             enqueue(session, dispatch_for(task, countdown=delay))
         elif task.fallback_provider_type and not task.fallback_active:
+            forget_remote_job(task)
             task.fallback_active = True
             task.retry_count = 0
             task.active_provider_capabilities = task.fallback_provider_capabilities
@@ -292,6 +310,26 @@ class TaskRunner:
         else:
             transition(session, task, TaskStatus.FAILED, message=outcome.message, category=category)
 
+
+# Config fields in which providers mirror their remote job id (the spec's names).
+REMOTE_ID_FIELDS = ("fal_request_id", "fashn_task_id")
+
+
+def forget_remote_job(task: Task) -> None:
+    """Drop the remote job id of the active provider so that its next attempt submits a new job."""
+    task.service_task_id = None
+    attr = "fallback_provider_config" if task.fallback_active else "provider_config"
+    config = getattr(task, attr)
+    if config and any(key in config for key in REMOTE_ID_FIELDS):
+        setattr(task, attr, {k: v for k, v in config.items() if k not in REMOTE_ID_FIELDS})
+
+
+_SAVE_REMOTE = (
+    update(Task)
+    .where(Task.id == bindparam("p_task_id"), Task.lease_owner == bindparam("p_owner"))
+    .values(service_task_id=bindparam("p_remote_id"), updated_at=Task.updated_at)
+    .returning(Task.id)
+)
 
 _BEAT = (
     update(Task)
@@ -345,6 +383,19 @@ class _Probe:
             raise LeaseLostError()
         if self.cancelled:
             raise TaskCancelledError()
+
+    def save_remote(self, remote_id: str, config: dict[str, Any] | None, fallback_active: bool) -> None:
+        """Persist the remote job id now, so that a worker that dies mid-poll leaves it to its successor."""
+        stmt = _SAVE_REMOTE
+        params: dict[str, Any] = {"p_task_id": self.task_id, "p_owner": self.owner, "p_remote_id": remote_id}
+        if config is not None:
+            column = "fallback_provider_config" if fallback_active else "provider_config"
+            stmt = stmt.values({column: bindparam("p_config", type_=JSONType)})
+            params["p_config"] = config
+        with self.rt.engine.begin() as conn:
+            if conn.execute(stmt, params).scalar() is None:
+                self.lease_lost = True
+                raise LeaseLostError()
 
     def _touch(self, progress: float | None) -> None:
         now = utcnow()

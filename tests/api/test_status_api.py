@@ -43,7 +43,7 @@ def test_bria_in_progress_error_and_not_found(idle_api: Api) -> None:
 
 
 def test_bria_failed_task_reports_error_with_200(api: Api) -> None:
-    created = api.create({"task_type": "VIDEO_GENERATION", "prompt": "turn around"})
+    created = api.create({"task_type": "VIDEO_GENERATION", "prompt": "turn around", "provider_type": "LOCAL"})
     api.wait(created["id"])
     response = api.client.get(f"/v2/status/{created['id']}", headers=api.headers())
     assert response.status_code == 200
@@ -77,7 +77,7 @@ def test_jobs_surface_finished(api: Api) -> None:
     assert body["status"] == "completed" and body["started_at"] and body["completed_at"]
     assert body["scenes_completed"] == body["scenes_total"] == 1
     assert body["result"]["id"] == done["id"] and body["result"]["image_url"].startswith("http")
-    failed = api.create({"task_type": "VIDEO_GENERATION", "prompt": "turn around"})
+    failed = api.create({"task_type": "VIDEO_GENERATION", "prompt": "turn around", "provider_type": "LOCAL"})
     api.wait(failed["id"])
     body = api.client.get(f"/v1/jobs/{failed['id']}", headers=api.headers()).json()
     assert body["status"] == "failed" and body["error"]["code"] == "provider_not_available"

@@ -122,10 +122,11 @@ def test_cancel_while_running_stops_the_provider(api: Api) -> None:
 
 
 def test_missing_provider_fails_truthfully(api: Api) -> None:
-    task = api.wait(api.create({"task_type": "VIDEO_GENERATION", "prompt": "turn around"})["id"])
+    body = {"task_type": "VIDEO_GENERATION", "prompt": "turn around", "provider_type": "LOCAL"}
+    task = api.wait(api.create(body)["id"])
     assert task["status"] == "FAILED"
     assert task["error_category"] == "PROVIDER_NOT_AVAILABLE"
-    assert "no FAL_STANDARD provider is installed for VIDEO_GENERATION" in task["errors"][-1]
+    assert "no LOCAL provider is installed for VIDEO_GENERATION" in task["errors"][-1]
     assert task["retry_count"] == 0
 
 

@@ -84,3 +84,8 @@ class FallbackProvider(ScriptedProvider):
         if script[min(ctx.attempt, len(script)) - 1] == "fatal":
             raise ProviderFatalError("fallback failed too")
         return self._render(ctx)
+
+
+def register_fallback(registry: ProviderRegistry) -> None:
+    """Only the scripted VERTEX provider: a fallback target for tests of real primary providers."""
+    registry.register(FallbackProvider())
