@@ -134,6 +134,7 @@ class ServiceClient:
         path: str,
         *,
         json_body: Any = None,
+        form: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
         headers: Mapping[str, str] | None = None,
         idempotent: bool | None = None,
@@ -153,7 +154,7 @@ class ServiceClient:
             if cancellable:
                 self.ctx.check_cancelled()
             try:
-                response = self._send(method, url, json_body, params, headers)
+                response = self._send(method, url, json_body, form, params, headers)
             except httpx.ConnectError as exc:  # nothing reached the service: always safe to try again
                 error: ProviderRetryableError = ProviderRetryableError(
                     f"{self.service}: cannot connect ({exc})", category=ErrorCategory.NETWORK_ERROR
@@ -212,6 +213,7 @@ class ServiceClient:
         method: str,
         url: str,
         json_body: Any,
+        form: Mapping[str, str] | None,
         params: Mapping[str, str] | None,
         headers: Mapping[str, str] | None,
     ) -> httpx.Response:
@@ -222,6 +224,7 @@ class ServiceClient:
                 method,
                 url,
                 json=json_body,
+                data=dict(form) if form else None,
                 params=dict(params) if params else None,
                 headers={**self.headers, **(headers or {})},
                 timeout=self.settings.timeout_seconds,
