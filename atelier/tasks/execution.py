@@ -21,7 +21,7 @@ from PIL import Image
 from pydantic import ValidationError
 from sqlalchemy import bindparam, update
 
-from atelier.core.db import JSONType, session_scope
+from atelier.core.db import JSONType, session_scope, statement_connection
 from atelier.core.errors import InvalidInputError
 from atelier.core.inputs import DraftRequest, fetch_url, open_image
 from atelier.core.time import utcnow
@@ -122,7 +122,7 @@ class TaskRunner:
 
     def _claim(self, tid: uuid.UUID, owner: str) -> Plan | None:
         tasks = self.rt.settings.tasks
-        with self.rt.engine.begin() as conn:
+        with statement_connection(self.rt.engine) as conn:
             task = claim(conn, tid, owner, tasks.lease_seconds, tasks.max_resumes)
             if task is None:
                 return None
@@ -251,7 +251,7 @@ class TaskRunner:
     def _complete_fast(self, plan: Plan, owner: str, outcome: Outcome) -> bool:
         """The common case in one conditional UPDATE; False when the row changed since the claim."""
         assert outcome.result is not None
-        with self.rt.engine.begin() as conn:
+        with statement_connection(self.rt.engine) as conn:
             return complete_unchanged(
                 conn,
                 plan.task_id,
@@ -392,7 +392,7 @@ class _Probe:
             column = "fallback_provider_config" if fallback_active else "provider_config"
             stmt = stmt.values({column: bindparam("p_config", type_=JSONType)})
             params["p_config"] = config
-        with self.rt.engine.begin() as conn:
+        with statement_connection(self.rt.engine) as conn:
             if conn.execute(stmt, params).scalar() is None:
                 self.lease_lost = True
                 raise LeaseLostError()
@@ -408,7 +408,7 @@ class _Probe:
         stmt = _BEAT if progress is None else _BEAT_WITH_PROGRESS
         if progress is not None:
             params["p_progress"] = progress
-        with self.rt.engine.begin() as conn:
+        with statement_connection(self.rt.engine) as conn:
             flag = conn.execute(stmt, params).scalar()
         if flag is None:
             self.lease_lost = True

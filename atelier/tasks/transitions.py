@@ -11,9 +11,10 @@ from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, case, insert, or_, update
+from sqlalchemy import Connection, and_, bindparam, case, insert, literal, or_, select, update
 from sqlalchemy.orm import Session
 
+from atelier.core.db import JSONType
 from atelier.core.errors import ConflictError
 from atelier.core.time import utcnow
 from atelier.tasks.enums import TERMINAL_STATUSES, ErrorCategory, EventType, TaskStatus
@@ -173,7 +174,36 @@ def _claim_statement() -> Any:
     )
 
 
+def _with_event(stmt: Any, status: S, name: str) -> Any:
+    """``stmt`` (an UPDATE … RETURNING) and its TASK_STATUS event as one PostgreSQL statement.
+
+    A data-modifying CTE: the event row is inserted from the updated row in the same statement, so the
+    pair is atomic without a transaction block, i.e. one round trip in autocommit mode instead of five
+    (BEGIN, UPDATE, INSERT, COMMIT and the pool's ping).
+    """
+    changed = stmt.cte(name)
+    event = insert(TaskEvent).from_select(
+        ["task_id", "tenant_id", "event_type", "status", "message", "data", "created_at"],
+        select(
+            changed.c.id,
+            changed.c.tenant_id,
+            literal(EventType.TASK_STATUS.value),
+            literal(status.value),
+            bindparam("p_message"),
+            bindparam("p_event_data", type_=JSONType),
+            bindparam("p_now"),
+        ),
+    )
+    return select(changed).add_cte(event.cte(f"{name}_event"))
+
+
 _CLAIM = _claim_statement()
+_CLAIM_PG = _with_event(_CLAIM, S.EXECUTING, "claimed")
+
+
+def single_statement_events(conn: Connection) -> bool:
+    """Whether a change and its event go in one statement here (PostgreSQL's data-modifying CTEs)."""
+    return conn.dialect.name == "postgresql"
 
 
 def claim(
@@ -194,10 +224,13 @@ def claim(
         "p_owner": worker,
         "p_lease": now + timedelta(seconds=lease_seconds),
     }
+    message, data = f"claimed by {worker}", {"to": S.EXECUTING.value}
+    if single_statement_events(conn):
+        row = conn.execute(_CLAIM_PG, {**params, "p_message": message, "p_event_data": data}).mappings().first()
+        return None if row is None else SimpleNamespace(**row)
     row = conn.execute(_CLAIM, params).mappings().first()
     if row is None:
         return None
-    message, data = f"claimed by {worker}", {"to": S.EXECUTING.value}
     _insert_event(conn, task_id, row["tenant_id"], EventType.TASK_STATUS, S.EXECUTING.value, message, data)
     return SimpleNamespace(**row)
 
@@ -224,9 +257,10 @@ _COMPLETE = (
         service_requests=bindparam("p_requests", type_=Task.__table__.c.service_requests.type),
         service_task_id=bindparam("p_service_task_id"),
     )
-    .returning(Task.tenant_id)
+    .returning(Task.id, Task.tenant_id)
     .execution_options(synchronize_session=False)
 )
+_COMPLETE_PG = _with_event(_COMPLETE, S.COMPLETED, "completed")
 
 
 def complete_unchanged(
@@ -254,9 +288,13 @@ def complete_unchanged(
         "p_requests": service_requests,
         "p_service_task_id": service_task_id,
     }
-    tenant = conn.execute(_COMPLETE, params).scalar_one_or_none()
-    if tenant is None:
-        return False
     transition_data = {"from": S.EXECUTING.value, "to": S.COMPLETED.value}
+    if single_statement_events(conn):
+        extra = {"p_message": "completed", "p_event_data": transition_data}
+        return conn.execute(_COMPLETE_PG, {**params, **extra}).first() is not None
+    row = conn.execute(_COMPLETE, params).first()
+    if row is None:
+        return False
+    tenant = row.tenant_id
     _insert_event(conn, task_id, tenant, EventType.TASK_STATUS, S.COMPLETED.value, "completed", transition_data)
     return True

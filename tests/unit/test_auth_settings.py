@@ -43,7 +43,7 @@ def test_wrong_key_and_alg_none_are_refused() -> None:
         decode_token(AUTH, token)
     unsigned = jwt.encode(
         {"sub": "x", "tenant": "acme", "role": "admin", "iss": "atelier", "exp": 9_999_999_999},
-        None,
+        "",
         algorithm="none",
     )
     with pytest.raises(AuthError):

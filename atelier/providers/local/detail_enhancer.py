@@ -145,7 +145,7 @@ def _validate(params: DetailParams) -> None:
         raise DetailEnhancerError("scales must be a non-empty list of positive numbers")
 
 
-def _edge_weight(width: int, height: int, feather_px: int) -> NDArray[np.float32]:
+def edge_weight(width: int, height: int, feather_px: int) -> NDArray[np.float32]:
     """1 inside, falling to 0 at the border over ``feather_px`` pixels (smoothstep of the edge distance)."""
     if feather_px <= 0:
         return np.ones((height, width), dtype=np.float32)
@@ -162,7 +162,7 @@ def _lab(rgb: NDArray[np.uint8]) -> NDArray[np.float32]:
     return np.asarray(cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab), dtype=np.float32)
 
 
-def _colour_match(reference: NDArray[np.uint8], target: NDArray[np.uint8]) -> NDArray[np.float32]:
+def colour_match(reference: NDArray[np.uint8], target: NDArray[np.uint8]) -> NDArray[np.float32]:
     """``reference`` (RGB) moved to ``target``'s lighting (L mean) and colour cast (a/b mean+std); RGB 0..255."""
     ref_lab = _lab(reference)
     tgt_lab = _lab(target)
@@ -213,8 +213,8 @@ def enhance_detail(
     rgb, alpha, mode = split_alpha(base, notes)
     region = rgb[top:bottom, left:right]
     ref_rgb = np.asarray(reference.convert("RGB").resize((box_w, box_h), Image.Resampling.LANCZOS), dtype=np.uint8)
-    matched = _colour_match(ref_rgb, region)
-    weight = _edge_weight(box_w, box_h, params.feather_px)
+    matched = colour_match(ref_rgb, region)
+    weight = edge_weight(box_w, box_h, params.feather_px)
     if "A" in reference.getbands() or "transparency" in reference.info:
         ref_alpha = reference.convert("RGBA").getchannel("A").resize((box_w, box_h), Image.Resampling.BILINEAR)
         weight = weight * (np.asarray(ref_alpha, dtype=np.float32) / 255.0)

@@ -215,7 +215,7 @@ def _validate(params: FaceParams) -> None:
         raise FaceEnhancerError("max_faces must be >= 1")
 
 
-def _elliptical_mask(width: int, height: int, feather_px: int) -> NDArray[np.float32]:
+def elliptical_mask(width: int, height: int, feather_px: int) -> NDArray[np.float32]:
     """Weights in 0..1: an ellipse inscribed in ``width x height``, inset by ``feather_px``, Gaussian-feathered."""
     inset_x = min(float(feather_px), width / 4.0)
     inset_y = min(float(feather_px), height / 4.0)
@@ -274,7 +274,7 @@ def _ssim(a: NDArray[np.uint8], b: NDArray[np.uint8]) -> float:
     return float(structural_similarity(ga, gb, data_range=255, win_size=win))  # type: ignore[no-untyped-call]
 
 
-def _merge(rgb: NDArray[np.uint8], alpha: Image.Image | None, mode: str) -> Image.Image:
+def merge_alpha(rgb: NDArray[np.uint8], alpha: Image.Image | None, mode: str) -> Image.Image:
     out = Image.fromarray(rgb)
     if mode in ("L", "LA"):
         out = out.convert("L")
@@ -313,7 +313,7 @@ def enhance_faces(image: Image.Image, params: FaceParams, check_cancelled: Calla
         left, top, right, bottom = expand_box(box, params.expand_percent, image.size)
         regions.append((left, top, right, bottom))
         crop = rgb[top:bottom, left:right].copy()
-        weight = _elliptical_mask(right - left, bottom - top, params.feather_px)[:, :, None]
+        weight = elliptical_mask(right - left, bottom - top, params.feather_px)[:, :, None]
         kept: NDArray[np.uint8] | None = None
         score = 1.0
         for attempt in range(1, params.max_attempts + 1):
@@ -338,7 +338,7 @@ def enhance_faces(image: Image.Image, params: FaceParams, check_cancelled: Calla
             rgb[top:bottom, left:right] = kept
             scores.append(score)
 
-    result = _merge(rgb, alpha, mode)
+    result = merge_alpha(rgb, alpha, mode)
     if mode in ("L", "LA"):
         # RGB -> L happens only inside the regions: every other pixel is copied from the original as is.
         base = image.copy()

@@ -63,7 +63,7 @@ def _ramp(length: int, start_fade: int, end_fade: int) -> NDArray[np.float32]:
     return ramp
 
 
-def _weights(box: Box, width: int, height: int, overlap: int) -> NDArray[np.float32]:
+def tile_weights(box: Box, width: int, height: int, overlap: int) -> NDArray[np.float32]:
     left, top, right, bottom = box
     fade = 2 * overlap  # the shared band is twice the overlap wide: fade across all of it
     xs = _ramp(right - left, fade if left > 0 else 0, fade if right < width else 0)
@@ -91,7 +91,7 @@ def process_tiled(
         out = step(pixels[top:bottom, left:right])
         if out.shape != pixels[top:bottom, left:right].shape:
             raise ValueError("a tile step must return an array of the shape it was given")
-        weight = _weights(box, width, height, overlap)
+        weight = tile_weights(box, width, height, overlap)
         shaped = weight[:, :, None] if pixels.ndim == 3 else weight
         total[top:bottom, left:right] += out.astype(np.float32) * shaped
         norm[top:bottom, left:right] += weight

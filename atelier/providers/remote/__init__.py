@@ -7,9 +7,12 @@ collects them for the registry.
 from __future__ import annotations
 
 import importlib
+import logging
 
 from atelier.providers.base import Provider
 from atelier.settings import ProviderSettings
+
+log = logging.getLogger(__name__)
 
 MODULES = ("fal", "fashn", "freepik", "vertex", "nano_banana", "aicore", "sartiq")
 
@@ -20,9 +23,8 @@ def remote_providers(settings: ProviderSettings) -> list[Provider]:
     for name in MODULES:
         try:
             module = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{name}":
-                raise
+        except ImportError as exc:  # e.g. the Sartiq fixers need OpenCV/scikit-image from the `ml` extra
+            log.warning("%s providers not installed (%s): pip install 'atelier[ml]'", name, exc)
             continue
         found.extend(module.providers(settings))
     return found

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -86,18 +87,37 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
-def _detail(response: httpx.Response) -> str:
+# Credential shapes vendors echo back in error messages (OpenAI "sk-…", Google "AIza…"); masked before logging.
+_KEY_PATTERNS = re.compile(r"\b(sk-[A-Za-z0-9_*.\-]{4,}|AIza[A-Za-z0-9_\-]{8,})")
+
+
+def _message_parts(body: Any) -> list[str]:
+    """The human parts of a vendor error body: ``error`` (a string or ``{message}``), ``message``, ``detail``…"""
+    if not isinstance(body, dict):
+        return [body if isinstance(body, str) else json.dumps(body, default=str)]
+    parts: list[str] = []
+    for key in ("error", "message", "detail", "msg", "invalid_params"):
+        value = body.get(key)
+        if isinstance(value, dict):  # {"error": {"status"|"type", "message"}} (Google, Anthropic, OpenAI)
+            named = [str(value[k]) for k in ("status", "type", "message") if isinstance(value.get(k), str | int)]
+            value = ": ".join(named) or json.dumps(value, default=str)
+        if value and not isinstance(value, str):
+            value = json.dumps(value, default=str)
+        if value and value not in parts:
+            parts.append(value)
+    return parts or [json.dumps(body, default=str)]
+
+
+def error_detail(response: httpx.Response, secret: str | None = None) -> str:
+    """A short description of an error answer, with credentials masked."""
     try:
         body: Any = response.json()
     except ValueError:
         body = response.text
-    if isinstance(body, dict):
-        for key in ("detail", "error", "message", "msg"):
-            if body.get(key):
-                body = body[key]
-                break
-    text = body if isinstance(body, str) else json.dumps(body, default=str)
-    return text[:_DETAIL_CHARS]
+    text = ": ".join(_message_parts(body))
+    if secret:
+        text = text.replace(secret, "***")
+    return _KEY_PATTERNS.sub("***", text)[:_DETAIL_CHARS]
 
 
 class ServiceClient:
@@ -119,6 +139,7 @@ class ServiceClient:
         self.base_url = (base_url or settings.base_url).rstrip("/")
         self.headers = dict(headers or {})
         self._sleep = sleep
+        self._secret = settings.api_key.get_secret_value() if settings.api_key else None
 
     # ------------------------------------------------------------------------------------ calls
 
@@ -242,7 +263,7 @@ class ServiceClient:
     def _classify(self, method: str, response: httpx.Response) -> Exception:
         status = response.status_code
         what = f"{self.service}: {method} {redact_url(response.request.url)} returned HTTP {status}"
-        detail = _detail(response)
+        detail = error_detail(response, self._secret)
         if status == 429:
             return ProviderRetryableError(
                 f"{what} (rate limited): {detail}",
