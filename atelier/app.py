@@ -25,6 +25,7 @@ from atelier.settings import Settings
 from atelier.status.endpoints import router as status_router
 from atelier.storage.endpoints import router as storage_router
 from atelier.tasks.endpoints import router as tasks_router
+from atelier.workflows.endpoints import router as workflows_router
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ def create_app(settings: Settings | None = None, *, providers: ProviderRegistry 
     app.include_router(storage_router)
     app.include_router(status_router)
     app.include_router(admin_router)
+    app.include_router(workflows_router)
     app.add_api_route("/health", health, methods=["GET"], summary="Health Check", include_in_schema=True)
     return app
 

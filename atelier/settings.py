@@ -68,10 +68,13 @@ class BrokerSettings(BaseModel):
         3.0, gt=0, description="How long a submit waits for an unreachable broker before answering 503."
     )
     worker_max_tasks_per_child: int | None = Field(
-        200, ge=1, description="Prefork: recycle a worker process after this many tasks (leaky providers)."
+        1000,
+        ge=1,
+        description="Prefork: recycle a worker process after this many tasks (leaky providers). A recycle costs "
+        "a few hundred ms of that process's time, so keep it well above what one process runs per minute.",
     )
     worker_max_memory_per_child_mb: int | None = Field(
-        None, ge=64, description="Prefork: recycle a worker process once its resident memory exceeds this."
+        3072, ge=64, description="Prefork: recycle a worker process once its resident memory exceeds this."
     )
 
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import JSON, Connection, DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import JSON, Connection, DateTime, Engine, MetaData, create_engine, event, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -49,6 +50,8 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+T = TypeVar("T")
+
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 
 
@@ -64,8 +67,14 @@ def _sqlite_pragmas(busy_timeout_ms: int) -> Any:
     return on_connect
 
 
-def create_db_engine(url: str, *, pool_size: int = 10, echo: bool = False, busy_timeout_ms: int = 10_000) -> Engine:
-    """Build the engine for ``url`` with the pragmas/pool that suit its dialect."""
+def create_db_engine(
+    url: str, *, pool_size: int = 10, echo: bool = False, busy_timeout_ms: int = 10_000, pre_ping: bool = True
+) -> Engine:
+    """Build the engine for ``url`` with the pragmas/pool that suit its dialect.
+
+    ``pre_ping`` tests each pooled connection before use (one round trip per checkout). Workers turn it off
+    and retry a statement once when its connection turns out dead (``retry_on_disconnect``) instead.
+    """
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
@@ -77,7 +86,7 @@ def create_db_engine(url: str, *, pool_size: int = 10, echo: bool = False, busy_
         event.listen(engine, "connect", _sqlite_pragmas(busy_timeout_ms))
         return engine
     return create_engine(
-        url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_recycle=1800
+        url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=pre_ping, pool_recycle=1800
     )
 
 
@@ -113,3 +122,29 @@ def statement_connection(engine: Engine) -> Iterator[Connection]:
     else:
         with engine.begin() as conn:
             yield conn
+
+
+def retry_on_disconnect(work: Callable[[], T]) -> T:
+    """Run ``work``; if its connection was found dead (DB restarted, idle connection killed), run it once more.
+
+    A disconnect invalidates the whole pool, so the second run gets a fresh connection. Only for work that is
+    safe to repeat: one atomic statement or transaction whose first run did not commit (or whose effects the
+    second run detects, like a conditional UPDATE).
+    """
+    try:
+        return work()
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        return work()
+
+
+def lock_for_write(session: Session) -> None:
+    """On SQLite, take the database's write lock as the transaction's first statement.
+
+    SQLite's deferred transactions read from a snapshot taken at the first read; a writer that commits
+    before our first write makes that write fail (SQLITE_BUSY_SNAPSHOT). Work that reads to decide what to
+    write (planning a workflow) takes the lock up front instead. PostgreSQL uses row locks (FOR UPDATE).
+    """
+    if session.get_bind().dialect.name == "sqlite" and not session.in_transaction():
+        session.execute(text("BEGIN IMMEDIATE"))

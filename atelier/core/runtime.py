@@ -59,9 +59,10 @@ class Runtime:
         self.engine.dispose()
 
 
-def build_runtime(settings: Settings, providers: ProviderRegistry | None = None) -> Runtime:
+def build_runtime(settings: Settings, providers: ProviderRegistry | None = None, *, pre_ping: bool = True) -> Runtime:
     """Create every long-lived object; the Celery task runner is wired to this runtime."""
     from atelier.tasks.execution import TaskRunner
+    from atelier.workflows.hooks import install_workflow_hooks
 
     if settings.database.url is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -72,6 +73,7 @@ def build_runtime(settings: Settings, providers: ProviderRegistry | None = None)
         pool_size=settings.server.threadpool_size,
         echo=settings.database.echo,
         busy_timeout_ms=settings.database.sqlite_busy_timeout_ms,
+        pre_ping=pre_ping,
     )
     runtime = Runtime(
         settings=settings,
@@ -82,6 +84,8 @@ def build_runtime(settings: Settings, providers: ProviderRegistry | None = None)
         http=httpx.Client(timeout=settings.inputs.fetch_timeout_seconds, follow_redirects=False),
         worker_name=f"{socket.gethostname()}:{os.getpid()}",
     )
+    runtime.sessions.configure(info={"runtime": runtime})  # engine hooks (workflow planning) reach the runtime
+    install_workflow_hooks()
     runner = TaskRunner(runtime)
     runtime.celery = create_celery(settings, runner.run)
     install_outbox(runtime.sessions, publisher(runtime.celery, settings))

@@ -47,6 +47,8 @@ def install_outbox(factory: sessionmaker[Session], publish: Callable[[Dispatch],
     """Attach the after-commit/after-rollback hooks to every session of ``factory``."""
 
     def after_commit(session: Session) -> None:
+        if session.in_nested_transaction():
+            return  # a SAVEPOINT was released (SQLAlchemy fires after_commit for it too): nothing is visible yet
         pending: list[Dispatch] = session.info.pop(OUTBOX, [])
         for item in pending:
             try:
@@ -56,6 +58,8 @@ def install_outbox(factory: sessionmaker[Session], publish: Callable[[Dispatch],
                 session.info.setdefault(FAILED, []).append(item)
 
     def after_rollback(session: Session) -> None:
+        if session.in_nested_transaction():
+            return
         session.info.pop(OUTBOX, None)
 
     event.listen(factory, "after_commit", after_commit)

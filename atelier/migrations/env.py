@@ -5,7 +5,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection, engine_from_config, pool
 
-import atelier.tasks.models  # noqa: F401 - registers the tables on the metadata
+import atelier.tasks.models
+import atelier.workflows.models  # noqa: F401
 from atelier.core.db import Base
 
 config = context.config

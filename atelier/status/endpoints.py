@@ -8,16 +8,19 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from atelier.core.auth import Principal
+from atelier.core.db import session_scope
 from atelier.core.deps import RuntimeDep, StatusPrincipalDep
 from atelier.core.errors import NotFoundError
 from atelier.core.runtime import Runtime
-from atelier.status.views import v1_job, v2_status
+from atelier.status.views import v1_job, v2_status, workflow_v1_job, workflow_v2_status
 from atelier.storage.service import TenantStorage
 from atelier.tasks.service import read_task
 from atelier.tasks.views import base_url, to_public
+from atelier.workflows.models import Workflow
 
 router = APIRouter(tags=["Status"])
 
@@ -28,6 +31,23 @@ def _find(runtime: Runtime, principal: Principal, raw_id: str) -> SimpleNamespac
     except (ValueError, NotFoundError):
         return None
     return None if task.is_deleted else task
+
+
+def _find_workflow(runtime: Runtime, principal: Principal, raw_id: str) -> Workflow | None:
+    """A workflow id is a job too (its steps are the scenes)."""
+    try:
+        workflow_id = uuid.UUID(raw_id)
+    except ValueError:
+        return None
+    with session_scope(runtime.sessions) as session:
+        workflow = session.scalars(
+            select(Workflow).where(
+                Workflow.id == workflow_id, Workflow.tenant_id == principal.tenant, Workflow.is_deleted.is_(False)
+            )
+        ).first()
+        if workflow is not None:
+            session.expunge(workflow)
+        return workflow
 
 
 @router.get(
@@ -46,8 +66,12 @@ async def get_status(request_id: str, rt: RuntimeDep, principal: StatusPrincipal
     base = base_url(rt, request)
 
     def view() -> dict[str, Any] | None:
+        storage = TenantStorage(rt.storage, principal.tenant)
         task = _find(rt, principal, request_id)
-        return None if task is None else v2_status(task, TenantStorage(rt.storage, principal.tenant), base)
+        if task is not None:
+            return v2_status(task, storage, base)
+        workflow = _find_workflow(rt, principal, request_id)
+        return None if workflow is None else workflow_v2_status(workflow, storage, base)
 
     body = await run_in_threadpool(view)
     if body is None:
@@ -63,7 +87,10 @@ async def get_job(id: str, rt: RuntimeDep, principal: StatusPrincipalDep, reques
     def view() -> dict[str, Any]:
         task = _find(rt, principal, id)
         if task is None:
-            raise NotFoundError(f"job {id} not found")
+            workflow = _find_workflow(rt, principal, id)
+            if workflow is None:
+                raise NotFoundError(f"job {id} not found")
+            return workflow_v1_job(workflow, TenantStorage(rt.storage, principal.tenant), base)
         public = to_public(task, base).model_dump(mode="json")
         return v1_job(task, TenantStorage(rt.storage, principal.tenant), base, public)
 

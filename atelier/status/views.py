@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 from atelier.storage.service import TenantStorage
@@ -106,4 +107,59 @@ def v1_job(task: TaskRecord, storage: TenantStorage, base: str, public: dict[str
         body["result"] = {**public, **result_of(task, storage, base)}
     elif status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
         body["error"] = {"code": category_of(task).value.lower(), "message": last_error(task)}
+    return body
+
+
+# ---------------------------------------------------------------------------------------------- workflows
+
+WORKFLOW_JOB_STATUS = {
+    "PENDING": "pending",
+    "RUNNING": "processing",
+    "PAUSED": "processing",
+    "COMPLETED": "completed",
+    "FAILED": "failed",
+    "CANCELLED": "failed",
+}
+
+
+def _final_result(workflow: Any, storage: TenantStorage, base: str) -> dict[str, Any]:
+    data = workflow.final_step_result or {}
+    return {**data, **result_of(SimpleNamespace(task_data=data), storage, base)}
+
+
+def workflow_v2_status(workflow: Any, storage: TenantStorage, base: str) -> dict[str, Any]:
+    """``/v2/status`` of a workflow: in progress until it ends, then its final step's result or its error."""
+    body: dict[str, Any] = {"request_id": str(workflow.id)}
+    if workflow.status in ("PENDING", "RUNNING", "PAUSED"):
+        body.update(status="IN_PROGRESS", progress=round(100 * workflow.progress, 2))
+    elif workflow.status == "COMPLETED":
+        final = SimpleNamespace(task_data=workflow.final_step_result or {})
+        body.update(status="COMPLETED", result=result_of(final, storage, base))
+    else:
+        category = ErrorCategory.CANCELLED if workflow.status == "CANCELLED" else ErrorCategory.PROVIDER_ERROR
+        message = workflow.error_message or f"workflow {workflow.status.lower()}"
+        done = f"{workflow.completed_steps}/{workflow.total_steps}"
+        details = f"workflow {workflow.status.lower()}: {done} steps completed"
+        body.update(status="ERROR", error={"code": ERROR_CODES[category], "message": message, "details": details})
+    return body
+
+
+def workflow_v1_job(workflow: Any, storage: TenantStorage, base: str) -> dict[str, Any]:
+    """``/v1/jobs`` of a workflow: scenes are its steps; the result is its final step's."""
+    body: dict[str, Any] = {
+        "job_id": str(workflow.id),
+        "status": WORKFLOW_JOB_STATUS[workflow.status],
+        "created_at": workflow.created_at.isoformat(),
+        "scenes_completed": workflow.completed_steps,
+        "scenes_total": workflow.total_steps,
+    }
+    if workflow.started_at:
+        body["started_at"] = workflow.started_at.isoformat()
+    if workflow.completed_at:
+        body["completed_at"] = workflow.completed_at.isoformat()
+    if workflow.status == "COMPLETED":
+        body["result"] = _final_result(workflow, storage, base)
+    elif workflow.status in ("FAILED", "CANCELLED"):
+        code = "cancelled" if workflow.status == "CANCELLED" else "workflow_failed"
+        body["error"] = {"code": code, "message": workflow.error_message or f"workflow {workflow.status.lower()}"}
     return body

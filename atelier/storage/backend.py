@@ -75,12 +75,16 @@ class LocalStorage:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self._root_prefix = str(self.root) + os.sep
 
     def _path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
-        if path != self.root and self.root not in path.parents:
+        # Lexical normalisation (no filesystem calls: this is on every read and write): ``..`` and absolute
+        # keys cannot leave the root. The service only ever creates regular files under it, so there are no
+        # symlinks to follow; an operator who adds one is trusted.
+        path = os.path.normpath(os.path.join(self.root, key))
+        if path != str(self.root) and not path.startswith(self._root_prefix):
             raise InvalidInputError(f"path escapes the storage root: {key!r}", loc=("path",))
-        return path
+        return Path(path)
 
     def save(self, key: str, data: bytes | BinaryIO, content_type: str | None = None) -> ObjectInfo:
         """Write atomically so readers never see half a file."""
@@ -93,13 +97,12 @@ class LocalStorage:
                     out.write(data)
                 else:
                     shutil.copyfileobj(data, out, CHUNK)
+                size = out.tell()
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        info = self.stat(key)
-        assert info is not None
-        return info
+        return ObjectInfo(key, size, guess_content_type(key), datetime.now(UTC))
 
     def _existing(self, key: str) -> Path:
         path = self._path(key)
@@ -109,7 +112,11 @@ class LocalStorage:
 
     def read(self, key: str) -> bytes:
         """Whole file."""
-        return self._existing(key).read_bytes()
+        try:
+            with open(self._path(key), "rb") as handle:  # one open, no separate existence check
+                return handle.read()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise NotFoundError(f"no such object: {key}") from None
 
     def stream(self, key: str) -> Iterator[bytes]:
         """Chunks of the file (the file is opened before the first chunk is asked for)."""

@@ -8,6 +8,7 @@ provider runs if one is configured; otherwise the task fails with a classified `
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -21,7 +22,7 @@ from PIL import Image
 from pydantic import ValidationError
 from sqlalchemy import bindparam, update
 
-from atelier.core.db import JSONType, session_scope, statement_connection
+from atelier.core.db import JSONType, lock_for_write, retry_on_disconnect, session_scope, statement_connection
 from atelier.core.errors import InvalidInputError
 from atelier.core.inputs import DraftRequest, fetch_url, open_image
 from atelier.core.time import utcnow
@@ -69,6 +70,7 @@ class Plan:
     service_requests: list[dict[str, Any]]
     service_task_id: str | None
     fallback_active: bool = False
+    workflow_id: str | None = None
 
 
 @dataclass
@@ -113,12 +115,12 @@ class TaskRunner:
             log.error("dropping message with malformed task id %r", task_id)
             return
         owner = f"{self.rt.worker_name}:{uuid.uuid4().hex[:8]}"
-        plan = self._claim(tid, owner)
+        plan = retry_on_disconnect(lambda: self._claim(tid, owner))
         if plan is None:
             log.debug("task %s not claimable; message dropped", tid)
             return
         outcome = self._execute(plan, owner)
-        self._record(plan, owner, outcome)
+        retry_on_disconnect(lambda: self._record(plan, owner, outcome))
 
     def _claim(self, tid: uuid.UUID, owner: str) -> Plan | None:
         tasks = self.rt.settings.tasks
@@ -141,6 +143,7 @@ class TaskRunner:
                 service_requests=list(task.service_requests or []),
                 service_task_id=task.service_task_id,
                 fallback_active=use_fallback,
+                workflow_id=task.workflow_id,
             )
 
     # ------------------------------------------------------------------------------------ provider call
@@ -238,9 +241,12 @@ class TaskRunner:
         if outcome.kind == "lease_lost":
             log.warning("task %s: lease lost to another worker; outcome discarded", plan.task_id)
             return
-        if outcome.kind == "completed" and self._complete_fast(plan, owner, outcome):
+        # A workflow step's completion plans the next steps in the same transaction: the general path.
+        if outcome.kind == "completed" and not plan.workflow_id and self._complete_fast(plan, owner, outcome):
             return
         with session_scope(self.rt.sessions) as session:
+            if plan.workflow_id:
+                lock_for_write(session)
             task = session.get(Task, plan.task_id, with_for_update=True)
             if task is None or task.status != TaskStatus.EXECUTING or task.lease_owner != owner:
                 log.warning("task %s changed hands while running; outcome discarded", plan.task_id)
@@ -416,32 +422,77 @@ class _Probe:
         self.cancelled = bool(flag)
 
 
+class _Heartbeats:
+    """One thread per process that keeps the leases of all running tasks alive, whatever their providers do.
+
+    A thread per task cost a thread start and join on every run (most runs end long before their first
+    beat). The thread is started lazily and again in a forked child, where the parent's thread does not exist.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._due: dict[int, tuple[_Probe, float, float]] = {}  # key -> (probe, interval, next beat time)
+        self._next_key = 0
+        self._pid: int | None = None
+
+    def add(self, probe: _Probe, interval: float) -> int:
+        """Beat ``probe`` every ``interval`` seconds until ``remove``."""
+        with self._lock:
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                threading.Thread(target=self._loop, name="lease-heartbeats", daemon=True).start()
+            self._next_key += 1
+            self._due[self._next_key] = (probe, interval, time.monotonic() + interval)
+            self._wake.notify()
+            return self._next_key
+
+    def remove(self, key: int) -> None:
+        """Stop beating (the run is over)."""
+        with self._lock:
+            self._due.pop(key, None)
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                due = [(key, probe, interval) for key, (probe, interval, at) in self._due.items() if at <= now]
+                for key, probe, interval in due:
+                    self._due[key] = (probe, interval, now + interval)
+                if not due:
+                    wait = min((at for _p, _i, at in self._due.values()), default=now + 60.0) - now
+                    self._wake.wait(timeout=max(wait, 0.001))
+                    continue
+            for key, probe, _interval in due:
+                self._beat(key, probe)
+
+    def _beat(self, key: int, probe: _Probe) -> None:
+        try:
+            probe.beat()
+        except LeaseLostError:
+            log.warning("task %s: lease lost; the running attempt will be discarded", probe.task_id)
+            self.remove(key)
+        except Exception:  # a DB blip: the next beat retries; the lease has slack (3 beats per lease)
+            log.warning("task %s: heartbeat failed", probe.task_id, exc_info=True)
+
+
+_HEARTBEATS = _Heartbeats()
+
+
 class _Heartbeat:
-    """Keeps the lease of a running task alive from a side thread, whatever the provider is doing."""
+    """Keeps the lease of one running task alive (through the process's heartbeat thread)."""
 
     def __init__(self, probe: _Probe, interval: float) -> None:
         self.probe = probe
         self.interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{probe.task_id}", daemon=True)
+        self._key = 0
 
     def __enter__(self) -> _Heartbeat:
-        self._thread.start()
+        self._key = _HEARTBEATS.add(self.probe, self.interval)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.probe.beat()
-            except LeaseLostError:
-                log.warning("task %s: lease lost; the running attempt will be discarded", self.probe.task_id)
-                return
-            except Exception:  # a DB blip: the next beat retries; the lease has slack (3 beats per lease)
-                log.warning("task %s: heartbeat failed", self.probe.task_id, exc_info=True)
+        _HEARTBEATS.remove(self._key)
 
 
 def _provider(value: str | None) -> ProviderType | None:

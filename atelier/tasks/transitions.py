@@ -7,6 +7,7 @@ transitions and the atomic claim statement live here.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -56,6 +57,9 @@ def record_event(
 
 _EVENT = insert(TaskEvent)
 
+# Called (same session, same transaction) when a task that belongs to a workflow reaches a terminal status.
+TERMINAL_HOOKS: list[Callable[[Session, Task], None]] = []
+
 
 def _insert_event(
     session: Session | Connection,
@@ -97,6 +101,9 @@ def transition(
     elif to is S.EXECUTING and task.started_at is None:
         task.started_at = now
     record_event(session, task, EventType.TASK_STATUS, message, {"from": current.value, "to": to.value})
+    if to in TERMINAL_STATUSES and task.workflow_id:
+        for hook in TERMINAL_HOOKS:
+            hook(session, task)
 
 
 def _finish(task: Task, to: TaskStatus, now: datetime, message: str | None, category: ErrorCategory | None) -> None:
@@ -136,6 +143,33 @@ def _requeue(
         task.error_category = category.value
 
 
+# What a worker needs from the claimed row (returning all ~50 columns cost more to transfer and decode).
+CLAIM_COLUMNS = tuple(
+    Task.__table__.c[name]
+    for name in (
+        "id",
+        "tenant_id",
+        "task_type",
+        "status",
+        "provider_type",
+        "provider_config",
+        "fallback_provider_type",
+        "fallback_provider_config",
+        "fallback_active",
+        "active_provider_capabilities",
+        "task_data",
+        "config",
+        "attempt",
+        "updated_at",
+        "service_requests",
+        "service_task_id",
+        "is_resumed",
+        "resume_attempt_count",
+        "workflow_id",
+    )
+)
+
+
 def _claim_statement() -> Any:
     """The claim UPDATE, built once with bind parameters (building it costs more than running it)."""
     now: Any = bindparam("p_now")
@@ -170,7 +204,7 @@ def _claim_statement() -> Any:
             last_resume_attempt=case((resumed, now), else_=Task.last_resume_attempt),
             updated_at=now,
         )
-        .returning(*Task.__table__.c)
+        .returning(*CLAIM_COLUMNS)
     )
 
 

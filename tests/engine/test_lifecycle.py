@@ -143,3 +143,19 @@ def assert_priority_order(api: Api) -> None:
     done = {t: api.wait(t) for t in [*low, high]}
     assert done[high]["started_at"] < min(done[t]["started_at"] for t in low)
     assert [done[t]["started_at"] for t in low] == sorted(done[t]["started_at"] for t in low)  # FIFO within a band
+
+
+def test_heartbeats_keep_long_runs_alive(app_factory: AppFactory) -> None:
+    """Two runs longer than several leases, beaten by the shared heartbeat thread, are never taken over."""
+    api = app_factory(
+        concurrency=4,  # free threads that would take over an expired lease
+        tasks={"lease_seconds": 0.5, "heartbeat_seconds": 0.1, "cancel_poll_seconds": 0.0},
+        reaper={"interval_seconds": 0.1, "republish_after_seconds": 0.2},
+    )
+    blocking = {"script": ["block"], "slow_seconds": 2.0}
+    ids = [api.create(generation(["block"], config=blocking))["id"] for _ in range(2)]
+    for task_id in ids:
+        task = api.wait(task_id, timeout=30)
+        assert task["status"] == "COMPLETED", task["errors"]
+        assert task["is_resumed"] is False and task["resume_attempt_count"] == 0
+        assert api.side_effects(task_id) == 1

@@ -32,7 +32,7 @@ def register(registry: ProviderRegistry) -> None:
 
 
 class ScriptedProvider:
-    """A generation provider driven by ``task config["script"]`` (ok|retry|fatal|value|crash|slow)."""
+    """A generation provider driven by ``task config["script"]`` (ok|retry|fatal|value|crash|slow|block)."""
 
     provider_type: ClassVar[ProviderType] = ProviderType.FAL_STANDARD
     task_types: ClassVar[frozenset[TaskType]] = frozenset({TaskType.GENERATION})
@@ -53,6 +53,8 @@ class ScriptedProvider:
             raise RuntimeError("provider bug")
         if step == "slow":
             self._slow(ctx)
+        if step == "block":  # busy without ever calling back (a native call): only the heartbeat keeps the lease
+            time.sleep(float(ctx.task_config.get("slow_seconds", 10)))
         return self._render(ctx)
 
     def _slow(self, ctx: ProviderContext) -> None:

@@ -1,0 +1,1 @@
+"""Workflows: DAGs of steps, each run as a task."""

@@ -1,0 +1,115 @@
+"""HTTP endpoints of the Workflows API."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from atelier.core.deps import PrincipalDep, RuntimeDep, SessionDep
+from atelier.workflows.planner import WorkflowStatus
+from atelier.workflows.schemas import (
+    CreateWorkflow,
+    WorkflowCleanupResponse,
+    WorkflowListResponse,
+    WorkflowPublic,
+    WorkflowUpdate,
+)
+from atelier.workflows.service import WorkflowService, public
+
+router = APIRouter(prefix="/api/v1/workflows", tags=["workflows"])
+
+
+@router.post("/", summary="Create Workflow")
+def create_workflow(
+    body: CreateWorkflow,
+    session: SessionDep,
+    rt: RuntimeDep,
+    principal: PrincipalDep,
+    start: Annotated[bool, Query(description="Start the workflow immediately")] = True,
+) -> WorkflowPublic:
+    """Create a workflow from a DAG of steps (validated whole: nothing is written on refusal); starts it by default."""
+    workflow = WorkflowService(session, rt, principal).create(body, start=start)
+    session.commit()  # the root steps' tasks are published after this commit
+    return public(workflow)
+
+
+@router.get("/", summary="List Workflows")
+def list_workflows(
+    session: SessionDep,
+    rt: RuntimeDep,
+    principal: PrincipalDep,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Maximum number of workflows to return")] = 50,
+    skip: Annotated[int, Query(ge=0, description="Number of workflows to skip")] = 0,
+    status: Annotated[WorkflowStatus | None, Query(description="Filter by status")] = None,
+    origin_instance: Annotated[str | None, Query(description="Filter by origin instance")] = None,
+    origin_tenant_id: Annotated[str | None, Query(description="Filter by origin tenant ID")] = None,
+    include_deleted: Annotated[bool, Query(description="Include soft-deleted workflows")] = False,
+) -> WorkflowListResponse:
+    """Workflows newest first, with their steps."""
+    rows, total = WorkflowService(session, rt, principal).list(
+        limit=limit,
+        skip=skip,
+        status=status,
+        origin_instance=origin_instance,
+        origin_tenant_id=origin_tenant_id,
+        include_deleted=include_deleted,
+    )
+    return WorkflowListResponse(workflows=[public(w) for w in rows], total=total, skip=skip, limit=limit)
+
+
+@router.get("/{workflow_id}", summary="Get Workflow")
+def get_workflow(
+    workflow_id: uuid.UUID, session: SessionDep, rt: RuntimeDep, principal: PrincipalDep
+) -> WorkflowPublic:
+    """A workflow with all its steps and their status (topological order)."""
+    return public(WorkflowService(session, rt, principal).get(workflow_id))
+
+
+@router.patch("/{workflow_id}", summary="Update Workflow")
+def update_workflow(
+    workflow_id: uuid.UUID, body: WorkflowUpdate, session: SessionDep, rt: RuntimeDep, principal: PrincipalDep
+) -> WorkflowPublic:
+    """Change name, description or webhook_url (nothing else can change)."""
+    return public(WorkflowService(session, rt, principal).update(workflow_id, body))
+
+
+@router.delete("/{workflow_id}", summary="Cancel Workflow")
+def cancel_workflow(
+    workflow_id: uuid.UUID, session: SessionDep, rt: RuntimeDep, principal: PrincipalDep
+) -> WorkflowPublic:
+    """Cancel a PENDING or RUNNING workflow: running step tasks are cancelled, pending steps never start."""
+    return public(WorkflowService(session, rt, principal).cancel(workflow_id))
+
+
+@router.post("/{workflow_id}/start", summary="Start Workflow")
+def start_workflow(
+    workflow_id: uuid.UUID, session: SessionDep, rt: RuntimeDep, principal: PrincipalDep
+) -> WorkflowPublic:
+    """Start a PENDING workflow."""
+    workflow = WorkflowService(session, rt, principal).start(workflow_id)
+    session.commit()
+    return public(workflow)
+
+
+@router.post("/{workflow_id}/resume", summary="Resume Workflow")
+def resume_workflow(
+    workflow_id: uuid.UUID, session: SessionDep, rt: RuntimeDep, principal: PrincipalDep
+) -> WorkflowPublic:
+    """Resume a FAILED or PAUSED workflow: unfinished steps are reset, completed ones kept."""
+    workflow = WorkflowService(session, rt, principal).resume(workflow_id)
+    session.commit()
+    return public(workflow)
+
+
+@router.post("/{workflow_id}/cleanup", summary="Cleanup Workflow")
+def cleanup_workflow(
+    workflow_id: uuid.UUID,
+    session: SessionDep,
+    rt: RuntimeDep,
+    principal: PrincipalDep,
+    cleanup_tasks: Annotated[bool, Query(description="Also delete the step tasks' files and soft-delete them")] = True,
+) -> WorkflowCleanupResponse:
+    """Soft-delete the workflow (hidden from lists unless include_deleted=true)."""
+    return WorkflowService(session, rt, principal).cleanup(workflow_id, cleanup_tasks=cleanup_tasks)
