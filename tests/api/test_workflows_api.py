@@ -847,3 +847,36 @@ def test_cleanup_of_a_never_started_workflow(idle_api: Api) -> None:
     assert listing(idle_api)["total"] == 0
     assert listing(idle_api, include_deleted="true")["total"] == 1
     assert cleanup(idle_api, str(uuid.uuid4())).status_code == 404
+
+
+def test_the_readme_example_is_accepted(idle_api: Api) -> None:
+    body = {
+        "name": "shoot",
+        "origin_instance": "studio-1",
+        "steps": [
+            {"id": "generate", "task_type": "GENERATION", "config": {"prompt": "a linen shirt on a hanger"}},
+            {
+                "id": "cutout",
+                "task_type": "BACKGROUND_REMOVAL",
+                "input_mappings": [
+                    {
+                        "from_step": "generate",
+                        "from_field": "result_image_path",
+                        "to_field": "input_image_paths",
+                        "transform": "as_list",
+                    }
+                ],
+            },
+            {
+                "id": "square",
+                "task_type": "IMAGE_ADJUSTER",
+                "config": {"aspect_ratio": 1.0, "mode": "pad"},
+                "input_mappings": [
+                    {"from_step": "cutout", "from_field": "result_image_paths.0", "to_field": "input_image"}
+                ],
+            },
+        ],
+    }
+    wf = create(idle_api, body, start=False)
+    assert [s["step_id"] for s in wf["steps"]] == ["generate", "cutout", "square"]
+    assert steps_of(wf)["square"]["dependencies"] == ["cutout"]
