@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from atelier.tasks.enums import BackgroundFixStrategy, ErrorCategory, ProviderType, TaskStatus, TaskType
 
@@ -22,6 +22,16 @@ Capabilities = Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_l
 QueueName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,100}$")]
 Seed = Annotated[int, Field(ge=0, le=2**63 - 1)]
 Dimension = Annotated[int, Field(ge=1, le=16384)]
+
+
+def http_url(value: str | None) -> str | None:
+    """Accept only absolute http(s) URLs (webhooks)."""
+    if value is not None and not value.lower().startswith(("http://", "https://")):
+        raise ValueError("must be an http(s) URL")
+    return value
+
+
+HTTP_URL = AfterValidator(http_url)
 
 
 class TaskCreateBase(BaseModel):
@@ -51,7 +61,7 @@ class TaskCreateBase(BaseModel):
     queue_name: QueueName | None = Field(
         None, description="Optional queue override. If not specified, determined by provider_type"
     )
-    webhook_url: str | None = Field(None, max_length=2048, description="Webhook URL")
+    webhook_url: Annotated[str | None, HTTP_URL] = Field(None, max_length=2048, description="Webhook URL")
     origin_instance: str = Field(
         "unknown",
         min_length=1,
@@ -65,13 +75,6 @@ class TaskCreateBase(BaseModel):
         max_length=512,
         description="Optional id or reference string from the origin (e.g. a prediction id)",
     )
-
-    @field_validator("webhook_url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.lower().startswith(("http://", "https://")):
-            raise ValueError("webhook_url must be an http(s) URL")
-        return value
 
 
 class CreateGenerationTask(TaskCreateBase):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from atelier.tasks.enums import ProviderType, TaskType
+from atelier.tasks.schemas import HTTP_URL
 from atelier.workflows.planner import StepStatus, WorkflowStatus
 
 
@@ -76,15 +77,10 @@ class CreateWorkflow(BaseModel):
     origin_zone: str | None = Field(None, max_length=50, description="Origin zone identifier")
     origin_tenant_id: str | None = Field(None, max_length=100, description="Tenant identifier for multi-tenant setups")
     origin_reference: str | None = Field(None, max_length=512, description="External reference ID for tracking")
-    webhook_url: str | None = Field(None, max_length=512, description="URL to call when workflow completes")
+    webhook_url: Annotated[str | None, HTTP_URL] = Field(
+        None, max_length=512, description="URL to call when workflow completes"
+    )
     suppress_subtask_events: bool = Field(True, description="Whether to suppress individual task events")
-
-    @field_validator("webhook_url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.lower().startswith(("http://", "https://")):
-            raise ValueError("webhook_url must be an http(s) URL")
-        return value
 
 
 class WorkflowUpdate(BaseModel):
@@ -94,14 +90,7 @@ class WorkflowUpdate(BaseModel):
 
     name: str | None = Field(None, min_length=1, max_length=255)
     description: str | None = Field(None, max_length=1000)
-    webhook_url: str | None = Field(None, max_length=512)
-
-    @field_validator("webhook_url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.lower().startswith(("http://", "https://")):
-            raise ValueError("webhook_url must be an http(s) URL")
-        return value
+    webhook_url: Annotated[str | None, HTTP_URL] = Field(None, max_length=512)
 
 
 class WorkflowStepPublic(BaseModel):

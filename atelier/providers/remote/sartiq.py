@@ -68,7 +68,7 @@ mask inset and Gaussian-feathered by ``feather_px`` (the LOCAL face enhancer's m
 gated. Accepted faces are composited in order (largest first) onto the running result through their masks.
 Outputs: ``face_detected``, ``fallback_used`` (a face kept the original), ``attempts_used`` (most attempts any
 face needed), ``final_ssim_score`` (lowest over faces), ``final_lpips_score``/``final_dists_score`` (highest over
-faces, when enabled), ``faces``; ``save_debug_images`` stores ``debug/face_N_before.png``/``_after.png``.
+faces, when enabled), ``faces``; ``save_debug_images`` stores ``debug/face_NN_before.png``/``_after.png``.
 
 Garment fixer (DETAIL_ENHANCER)
 -------------------------------
@@ -82,7 +82,7 @@ tiling ramps). Each tile is sent with a prompt built from ``detail_label`` at st
 and gated; the region is then blended into the base with a smoothstep edge weight over ``feather_px``
 (``feather_px = 0``: a hard paste). Outputs: ``fallback_used`` (a tile kept the original), ``detail_location``
 (the located box), ``match_score``, ``final_ssim_score`` (SSIM of the final region against the original region);
-``save_debug_images`` stores ``debug/garment_N_before.png``/``_after.png``.
+``save_debug_images`` stores ``debug/garment_NN_before.png``/``_after.png``.
 
 All three keep the input's mode (RGB, RGBA, L, LA; the alpha channel is set aside and put back, resized with the
 image when the refiner upscales) and encoding family (JPEG stays JPEG, everything else PNG), report progress per
@@ -331,6 +331,19 @@ def _notes(outcomes: Sequence[RegionOutcome]) -> list[str]:
     return [note for outcome in outcomes for note in outcome.notes]
 
 
+def _finish(
+    ctx: ProviderContext, outputs: dict[str, Any], outcomes: Sequence[RegionOutcome], debug: str | None
+) -> None:
+    """Store the regions' before/after images when asked (``debug`` is the file stem prefix) and end progress."""
+    if debug is not None:
+        outputs["debug_image_paths"] = [
+            path
+            for o in outcomes
+            for path in _save_debug(ctx, f"{debug}_{o.region.index:02d}", o.region.pixels, o.last_candidate)
+        ]
+    ctx.progress(100.0)
+
+
 def _save_debug(ctx: ProviderContext, stem: str, before: Pixels, after: Pixels | None) -> list[str]:
     paths = [ctx.storage.save(ctx.output_path(f"{DEBUG_FOLDER}/{stem}_before.png"), _png(before), "image/png").path]
     if after is not None:
@@ -484,13 +497,7 @@ class SartiqUltimateRefinerProvider(_SartiqProvider):
             "fal_request_ids": _request_ids(outcomes),
             "enhancement_notes": notes,
         }
-        if config.save_debug_tiles:
-            outputs["debug_image_paths"] = [
-                path
-                for o in outcomes
-                for path in _save_debug(ctx, f"tile_{o.region.index:02d}", o.region.pixels, o.last_candidate)
-            ]
-        ctx.progress(100.0)
+        _finish(ctx, outputs, outcomes, "tile" if config.save_debug_tiles else None)
         log.info(
             "sartiq refiner: %d tiles, %d kept original, %d retries",
             outputs["tiles"],
@@ -577,13 +584,7 @@ class SartiqUltimateFaceFixerProvider(_SartiqProvider):
             "fal_request_ids": _request_ids(outcomes),
             "enhancement_notes": notes,
         }
-        if config.save_debug_images:
-            outputs["debug_image_paths"] = [
-                path
-                for o in outcomes
-                for path in _save_debug(ctx, f"face_{o.region.index}", o.region.pixels, o.last_candidate)
-            ]
-        ctx.progress(100.0)
+        _finish(ctx, outputs, outcomes, "face" if config.save_debug_images else None)
         return ProviderResult(outputs=outputs)
 
 
@@ -687,13 +688,7 @@ class SartiqUltimateGarmentFixerProvider(_SartiqProvider):
             "fal_request_ids": _request_ids(outcomes),
             "enhancement_notes": notes,
         }
-        if config.save_debug_images:
-            outputs["debug_image_paths"] = [
-                path
-                for o in outcomes
-                for path in _save_debug(ctx, f"garment_{o.region.index}", o.region.pixels, o.last_candidate)
-            ]
-        ctx.progress(100.0)
+        _finish(ctx, outputs, outcomes, "garment" if config.save_debug_images else None)
         return ProviderResult(outputs=outputs)
 
 
