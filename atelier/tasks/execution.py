@@ -430,6 +430,10 @@ class _Heartbeats:
     """
 
     def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        # Also run in a forked child: the parent's thread is gone there, and its lock may have been held.
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._due: dict[int, tuple[_Probe, float, float]] = {}  # key -> (probe, interval, next beat time)
@@ -477,6 +481,7 @@ class _Heartbeats:
 
 
 _HEARTBEATS = _Heartbeats()
+os.register_at_fork(after_in_child=_HEARTBEATS._reset)
 
 
 class _Heartbeat:
