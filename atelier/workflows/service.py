@@ -177,10 +177,13 @@ class WorkflowService:
             raise InvalidInputError(
                 f"step {step['id']!r}: unknown provider_type {provider_type!r}", loc=(*loc, "provider_config")
             ) from exc
-        validate_provider_config(provider, step["provider_config"], "provider_config")
-        validate_provider_config(
-            step["fallback_provider_type"], step["fallback_provider_config"], "fallback_provider_config"
-        )
+        try:
+            validate_provider_config(provider, step["provider_config"], "provider_config")
+            validate_provider_config(
+                step["fallback_provider_type"], step["fallback_provider_config"], "fallback_provider_config"
+            )
+        except InvalidInputError as exc:  # name the step: the task-level message only names the field
+            raise InvalidInputError(f"step {step['id']!r}: {exc}", loc=(*loc, *exc.loc[1:])) from exc
         # Mapped fields arrive when the step starts: stand-ins let the rest (cross-field rules too) be checked now.
         stand_ins = dict.fromkeys(mapped, "mapped-input")
         try:

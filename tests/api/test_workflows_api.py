@@ -880,3 +880,14 @@ def test_the_readme_example_is_accepted(idle_api: Api) -> None:
     wf = create(idle_api, body, start=False)
     assert [s["step_id"] for s in wf["steps"]] == ["generate", "cutout", "square"]
     assert steps_of(wf)["square"]["dependencies"] == ["cutout"]
+
+
+def test_invalid_step_provider_config_names_the_step(idle_api: Api) -> None:
+    step = {"id": "g", "task_type": "GENERATION", "config": {"prompt": "p"}}
+    step["provider_config"] = {"provider_type": "VERTEX", "image_size": "9K"}
+    response = post(idle_api, workflow(step))
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "steps", 0, "provider_config", "image_size"]
+    assert error["msg"].startswith("step 'g': invalid provider_config for VERTEX")
+    assert_nothing_written(idle_api)
