@@ -92,6 +92,12 @@ class TaskSettings(BaseModel):
     heartbeat_seconds: float | None = Field(
         None, gt=0, description="Interval of the running task's lease heartbeat. Empty: a third of the lease."
     )
+    idempotency_ttl_seconds: int = Field(
+        86400,
+        ge=60,
+        description="How long an `Idempotency-Key` of a create (task or workflow) stays bound to its resource; "
+        "afterwards the key may be used again and the reaper deletes it.",
+    )
 
 
 class ReaperSettings(BaseModel):

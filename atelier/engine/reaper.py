@@ -1,4 +1,4 @@
-"""The reaper: republish tasks whose message was lost; resume or fail tasks whose worker died.
+"""The reaper: republish tasks whose message was lost; resume or fail tasks whose worker died; forget expired keys.
 
 It runs periodically in every ``atelier serve`` process (embedded and distributed). On PostgreSQL each sweep
 first takes a transaction-scoped advisory lock, so however many processes run the loop, at most one sweep
@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from atelier.core import idempotency
 from atelier.core.db import session_scope
 from atelier.core.runtime import Runtime
 from atelier.core.time import utcnow
@@ -39,6 +40,7 @@ class SweepReport:
     republished: int = 0
     resumed: int = 0
     failed: int = 0
+    expired_keys: int = 0
 
 
 def _leader(session: Session) -> bool:
@@ -54,7 +56,10 @@ def _no_live_message(task: Task, republish_before: datetime) -> bool:
 
 
 def sweep(runtime: Runtime) -> SweepReport:
-    """One pass: lost PENDING messages are republished, expired leases resumed or failed (WORKER_LOST)."""
+    """One pass: lost PENDING messages are republished, expired leases resumed or failed (WORKER_LOST).
+
+    It also deletes up to ``BATCH`` expired ``Idempotency-Key`` rows (the oldest first).
+    """
     settings = runtime.settings
     now = utcnow()
     with session_scope(runtime.sessions) as session:
@@ -73,8 +78,9 @@ def sweep(runtime: Runtime) -> SweepReport:
             elif _no_live_message(task, republish_before):
                 enqueue(session, dispatch_for(task))  # the claim takes it over as a resume
                 resumed += 1
-    report = SweepReport(ran=True, republished=len(stale), resumed=resumed, failed=failed)
-    if stale or resumed or failed:
+        expired_keys = idempotency.delete_expired(session, now=now, limit=BATCH)
+    report = SweepReport(ran=True, republished=len(stale), resumed=resumed, failed=failed, expired_keys=expired_keys)
+    if stale or resumed or failed or expired_keys:
         log.info("reaper: %s", report)
     return report
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection, engine_from_config, pool
 
+import atelier.core.idempotency
 import atelier.tasks.models
 import atelier.workflows.models  # noqa: F401
 from atelier.core.db import Base

@@ -8,7 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from atelier.core import idempotency
 from atelier.core.deps import PrincipalDep, RuntimeDep, SessionDep, json_response
+from atelier.core.idempotency import IdempotencyKeyHeader
 from atelier.tasks.enums import TaskStatus, TaskType
 from atelier.tasks.repository import TaskFilters
 from atelier.tasks.schemas import (
@@ -24,6 +26,7 @@ from atelier.tasks.service import TaskService, read_task
 from atelier.tasks.views import base_url, status_url, to_public
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["Tasks"])
+CREATE_ENDPOINT = "POST /api/v1/tasks/"
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="Maximum number of tasks to return")]
 Skip = Annotated[int, Query(ge=0, description="Number of tasks to skip")]
@@ -105,12 +108,26 @@ def create_task(
     principal: PrincipalDep,
     request: Request,
     response: Response,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> TaskPublicBase:
-    """Create and start a new task. The response carries ``request_id``/``status_url`` and a Location header."""
+    """Create and start a new task. The response carries ``request_id``/``status_url`` and a Location header.
+
+    With an ``Idempotency-Key`` already used for the same request, the first request's task is answered as it is
+    now (header ``Idempotent-Replayed: true``) and nothing is created.
+    """
     service = TaskService(session, rt, principal)
-    task = service.create(body)
-    session.commit()  # publishes the run message (after-commit hook)
-    service.ensure_published(task)
+    ttl = rt.settings.tasks.idempotency_ttl_seconds
+    claim = idempotency.claim(
+        session, principal, idempotency_key, endpoint=CREATE_ENDPOINT, resource_type="task", body=body, ttl_seconds=ttl
+    )
+    if claim.replay is not None:
+        task = claim.replayed(service.get, response)
+    else:
+        task = service.create(body)
+        claim.bind(task.id)
+        session.commit()  # publishes the run message (after-commit hook)
+        with claim.released_if_refused():
+            service.ensure_published(task)
     base = base_url(rt, request)
     response.headers["Location"] = status_url(base, task)
     return to_public(task, base)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
+from atelier.core import idempotency
 from atelier.core.deps import PrincipalDep, RuntimeDep, SessionDep
+from atelier.core.idempotency import IdempotencyKeyHeader
 from atelier.workflows.planner import WorkflowStatus
 from atelier.workflows.schemas import (
     CreateWorkflow,
@@ -19,6 +21,7 @@ from atelier.workflows.schemas import (
 from atelier.workflows.service import WorkflowService, public
 
 router = APIRouter(prefix="/api/v1/workflows", tags=["workflows"])
+CREATE_ENDPOINT = "POST /api/v1/workflows/"
 
 
 @router.post("/", summary="Create Workflow")
@@ -27,10 +30,30 @@ def create_workflow(
     session: SessionDep,
     rt: RuntimeDep,
     principal: PrincipalDep,
+    response: Response,
     start: Annotated[bool, Query(description="Start the workflow immediately")] = True,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> WorkflowPublic:
-    """Create a workflow from a DAG of steps (validated whole: nothing is written on refusal); starts it by default."""
-    workflow = WorkflowService(session, rt, principal).create(body, start=start)
+    """Create a workflow from a DAG of steps (validated whole: nothing is written on refusal); starts it by default.
+
+    With an ``Idempotency-Key`` already used for the same request (body and ``start``), the first request's workflow
+    is answered as it is now (header ``Idempotent-Replayed: true``) and nothing is created.
+    """
+    service = WorkflowService(session, rt, principal)
+    claim = idempotency.claim(
+        session,
+        principal,
+        idempotency_key,
+        endpoint=CREATE_ENDPOINT,
+        resource_type="workflow",
+        body=body,
+        query={"start": start},
+        ttl_seconds=rt.settings.tasks.idempotency_ttl_seconds,
+    )
+    if claim.replay is not None:
+        return public(claim.replayed(service.get, response))
+    workflow = service.create(body, start=start)
+    claim.bind(workflow.id)
     session.commit()  # the root steps' tasks are published after this commit
     return public(workflow)
 

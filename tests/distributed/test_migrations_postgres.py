@@ -1,9 +1,9 @@
-"""Alembic on PostgreSQL: from empty, one step down, and up again."""
+"""Alembic on PostgreSQL: from empty, step by step down (0004 → 0003 → 0002 → 0001), up again, down to base."""
 
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 
 from atelier.core.migrate import downgrade, upgrade
 
@@ -26,17 +26,51 @@ def _tables(url: str) -> set[str]:
         engine.dispose()
 
 
+def _indexes(url: str, table: str) -> dict[str, tuple[bool, tuple[str, ...]]]:
+    engine = create_engine(url)
+    try:
+        inspector = inspect(engine)
+        found = {
+            str(i["name"]): (bool(i["unique"]), tuple(str(c) for c in i["column_names"]))
+            for i in inspector.get_indexes(table)
+        }
+        for constraint in inspector.get_unique_constraints(table):
+            found[str(constraint["name"])] = (True, tuple(constraint["column_names"]))
+        return found
+    finally:
+        engine.dispose()
+
+
+def _revision(url: str) -> str:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return str(conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one())
+    finally:
+        engine.dispose()
+
+
 def test_upgrade_downgrade_upgrade(pg_url: str) -> None:
     upgrade(pg_url)
-    assert {"workflows", "workflow_steps"} <= _tables(pg_url)
+    assert _revision(pg_url) == "0004"
+    assert {"workflows", "workflow_steps", "idempotency_keys"} <= _tables(pg_url)
+    indexes = _indexes(pg_url, "idempotency_keys")
+    assert indexes["uq_idempotency_keys_tenant_key"] == (True, ("tenant_id", "key"))
+    assert indexes["ix_idempotency_keys_expires_at"] == (False, ("expires_at",))
+    downgrade(pg_url, "-1")  # 0004 → 0003: the key table goes, the workflow tables stay
+    assert _revision(pg_url) == "0003"
+    tables = _tables(pg_url)
+    assert "idempotency_keys" not in tables and {"workflows", "workflow_steps"} <= tables
     downgrade(pg_url, "-1")  # 0003 → 0002: the workflow tables go, the tasks table keeps 0002's column
+    assert _revision(pg_url) == "0002"
     assert not {"workflows", "workflow_steps"} & _tables(pg_url)
     assert "dispatched_at" in _columns(pg_url)
     downgrade(pg_url, "-1")  # 0002 → 0001
     columns = _columns(pg_url)
     assert "dispatched_at" not in columns and "lease_expires_at" in columns
     upgrade(pg_url)
-    assert "dispatched_at" in _columns(pg_url) and "workflows" in _tables(pg_url)
+    assert _revision(pg_url) == "0004"
+    assert "dispatched_at" in _columns(pg_url) and {"workflows", "idempotency_keys"} <= _tables(pg_url)
     downgrade(pg_url, "base")
     engine = create_engine(pg_url)
     try:
