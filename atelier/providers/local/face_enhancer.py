@@ -262,10 +262,13 @@ def _enhance_region(crop: NDArray[np.uint8], strength: float) -> NDArray[np.uint
 
 
 def _gray(rgb: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    if rgb.ndim == 2:
+        return rgb
     return np.asarray(cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY), dtype=np.uint8)
 
 
-def _ssim(a: NDArray[np.uint8], b: NDArray[np.uint8]) -> float:
+def ssim(a: NDArray[np.uint8], b: NDArray[np.uint8]) -> float:
+    """Grayscale SSIM of two same-shape uint8 images (RGB or gray), window clamped for small crops."""
     ga, gb = _gray(a), _gray(b)
     side = min(ga.shape)
     win = MIN_SSIM_SIDE if side >= MIN_SSIM_SIDE else (side if side % 2 else side - 1)
@@ -323,7 +326,7 @@ def enhance_faces(image: Image.Image, params: FaceParams, check_cancelled: Calla
             enhanced = _enhance_crop(crop, strength).astype(np.float32)
             blended = crop.astype(np.float32) + weight * (enhanced - crop.astype(np.float32))
             candidate = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-            score = _ssim(crop, candidate)
+            score = ssim(crop, candidate)
             if params.ssim_threshold <= 0.0 or score >= params.ssim_threshold:
                 kept = candidate
                 break

@@ -30,40 +30,30 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 from numpy.typing import NDArray
-from skimage.metrics import structural_similarity
 
 from atelier.core.errors import InvalidInputError
+from atelier.providers.local.face_enhancer import ssim as local_ssim
 
 Scorer = Callable[[NDArray[np.uint8], NDArray[np.uint8]], float]
 """A perceptual distance between two RGB uint8 arrays of the same shape (lower = more alike)."""
 
-SSIM_WINDOW = 7
-"""scikit-image's default SSIM window; smaller crops get the largest odd window that fits."""
 PERCEPTUAL_METRICS = ("lpips", "dists")
 
 _LOAD_LOCK = threading.Lock()
 _LOADED: dict[str, Scorer] = {}
 
 
-def _gray(rgb: NDArray[np.uint8]) -> NDArray[np.uint8]:
-    if rgb.ndim == 2:
-        return rgb
-    return np.asarray(cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY), dtype=np.uint8)
-
-
 def ssim(original: NDArray[np.uint8], candidate: NDArray[np.uint8]) -> float:
-    """Grayscale SSIM of two same-shape RGB (or gray) uint8 arrays, window clamped for small crops."""
+    """Grayscale SSIM of two same-shape RGB (or gray) uint8 arrays, window clamped for small crops.
+
+    The LOCAL face enhancer's measure (``face_enhancer.ssim``), with a shape check: remote answers are resized
+    to their region before they are compared.
+    """
     if original.shape != candidate.shape:
         raise ValueError(f"SSIM needs arrays of one shape, got {original.shape} and {candidate.shape}")
-    a, b = _gray(original), _gray(candidate)
-    side = min(a.shape)
-    win = SSIM_WINDOW if side >= SSIM_WINDOW else (side if side % 2 else side - 1)
-    if win < 3:
-        return 1.0 if np.array_equal(a, b) else 0.0
-    return float(structural_similarity(a, b, data_range=255, win_size=win))  # type: ignore[no-untyped-call]
+    return local_ssim(original, candidate)
 
 
 # ------------------------------------------------------------------------------------------ perceptual metrics
