@@ -31,7 +31,7 @@ from PIL import Image
 
 @dataclass
 class FalJob:
-    """One submitted request."""
+    """One submitted request (``output``/``media_type`` once its result is rendered)."""
 
     app_id: str
     arguments: dict[str, Any]
@@ -39,6 +39,8 @@ class FalJob:
     polls: int = 0
     cancelled: bool = False
     released: bool = False
+    output: bytes = b""
+    media_type: str = "image/png"
 
 
 @dataclass
@@ -60,18 +62,35 @@ class FalFake:
             job.released = True
 
     def next_behaviour(self) -> str:
+        """Pop the script's next behaviour (``ok`` once it is empty)."""
         with self.lock:
             return self.script.pop(0) if self.script else "ok"
 
+    # Extension points (subclasses fake other apps on the same protocol) ---------------------------------
 
-def _render(job: FalJob) -> tuple[bytes, str]:
-    if "video" in job.app_id:
-        return b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64, "video/mp4"
-    size = job.arguments.get("image_size") or {"width": 24, "height": 16}
-    image = Image.new("RGB", (int(size["width"]), int(size["height"])), (200, 40, 40))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue(), "image/png"
+    def accept(self, job: FalJob, seed: int) -> Response | None:
+        """Render the job's output at submit; a response refuses the submit instead (e.g. the app's 422)."""
+        if "video" in job.app_id:
+            job.output, job.media_type = b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64, "video/mp4"
+            return None
+        size = job.arguments.get("image_size") or {"width": 24, "height": 16}
+        image = Image.new("RGB", (int(size["width"]), int(size["height"])), (200, 40, 40))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        job.output = buffer.getvalue()
+        return None
+
+    def result_body(self, job: FalJob, url: str) -> dict[str, Any]:
+        """The app's output JSON for a completed job whose file is served at ``url``."""
+        if "video" in job.app_id:
+            return {"video": {"url": url, "content_type": "video/mp4"}}
+        if job.app_id.startswith("json/"):
+            return {"answer": 42, "echo": job.arguments}
+        return {
+            "images": [{"url": url, "content_type": job.media_type}],
+            "seed": 1234,
+            "prompt": job.arguments.get("prompt"),
+        }
 
 
 def create_fal_app(fake: FalFake) -> FastAPI:
@@ -89,8 +108,7 @@ def create_fal_app(fake: FalFake) -> FastAPI:
         job = fake.jobs.get(request_id)
         if job is None:
             return Response(status_code=404)
-        data, media_type = _render(job)
-        return Response(data, media_type=media_type)
+        return Response(job.output, media_type=job.media_type)
 
     @app.api_route("/{path:path}", methods=["GET", "POST", "PUT"])
     async def queue(path: str, request: Request) -> Response:
@@ -124,9 +142,16 @@ def create_fal_app(fake: FalFake) -> FastAPI:
         if behaviour == "invalid":
             detail = [{"loc": ["body", "prompt"], "msg": "field required", "type": "value_error.missing"}]
             return JSONResponse({"detail": detail}, status_code=422)
-        fake.submits += 1
+        job = FalJob(app_id, arguments, behaviour)
+        with fake.lock:
+            seed = fake.submits + 1
+        refused = fake.accept(job, seed)
+        if refused is not None:
+            return refused
         request_id = str(uuid.uuid4())
-        fake.jobs[request_id] = FalJob(app_id, arguments, behaviour)
+        with fake.lock:
+            fake.submits += 1
+            fake.jobs[request_id] = job
         base = f"{fake.base_url}/{root(app_id)}/requests/{request_id}"
         return JSONResponse(
             {
@@ -139,7 +164,8 @@ def create_fal_app(fake: FalFake) -> FastAPI:
         )
 
     def status(request_id: str, job: FalJob) -> Response:
-        fake.status_calls += 1
+        with fake.lock:
+            fake.status_calls += 1
         job.polls += 1
         if job.behaviour == "status500" and job.polls == 1:
             return JSONResponse({"detail": "upstream unavailable"}, status_code=503)
@@ -161,13 +187,6 @@ def create_fal_app(fake: FalFake) -> FastAPI:
     def result(request_id: str, job: FalJob) -> Response:
         if job.behaviour in ("fail", "nsfw"):
             return JSONResponse({"detail": "Request failed"}, status_code=500)
-        url = f"{fake.base_url}/files/{request_id}"
-        if "video" in job.app_id:
-            return JSONResponse({"video": {"url": url, "content_type": "video/mp4"}})
-        if job.app_id.startswith("json/"):
-            return JSONResponse({"answer": 42, "echo": job.arguments})
-        return JSONResponse(
-            {"images": [{"url": url, "content_type": "image/png"}], "seed": 1234, "prompt": job.arguments.get("prompt")}
-        )
+        return JSONResponse(fake.result_body(job, f"{fake.base_url}/files/{request_id}"))
 
     return app
