@@ -23,6 +23,18 @@ class ServerSettings(BaseModel):
         "Defaults to the URL of the incoming request.",
     )
     threadpool_size: int = Field(40, ge=1, description="Worker threads for sync endpoints (also sizes the DB pool).")
+    max_sync_wait_seconds: int = Field(
+        60,
+        ge=0,
+        description="Longest a create with `Prefer: wait=N` waits for its task to finish (larger N are capped to "
+        "this); 0 disables sync mode.",
+    )
+    sse_max_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="Longest a task event stream (`GET /api/v1/tasks/{id}/events`) stays open; it then ends with "
+        "`event: timeout` and the client reconnects with `Last-Event-ID`.",
+    )
 
 
 class DatabaseSettings(BaseModel):

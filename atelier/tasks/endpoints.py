@@ -5,13 +5,16 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Query, Request, Response
+from fastapi import APIRouter, Body, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from atelier.core import idempotency
 from atelier.core.deps import PrincipalDep, RuntimeDep, SessionDep, json_response
+from atelier.core.errors import NotFoundError
 from atelier.core.idempotency import IdempotencyKeyHeader
-from atelier.tasks.enums import TaskStatus, TaskType
+from atelier.tasks import events_stream
+from atelier.tasks.enums import TERMINAL_STATUSES, TaskStatus, TaskType
 from atelier.tasks.repository import TaskFilters
 from atelier.tasks.schemas import (
     GenerationTaskPublic,
@@ -34,6 +37,26 @@ StatusQ = Annotated[TaskStatus | None, Query(description="Filter by status")]
 OriginInstance = Annotated[str | None, Query(description="Filter by origin instance")]
 OriginZone = Annotated[str | None, Query(description="Filter by origin zone")]
 OriginTenant = Annotated[str | None, Query(description="Filter by origin tenant ID")]
+PreferHeader = Annotated[
+    str | None,
+    Header(
+        alias="Prefer",
+        description="Optional, RFC 7240. `wait=N` (whole seconds, N > 0): answer once the task is finished "
+        "(COMPLETED, FAILED or CANCELLED) or after N seconds, whichever comes first; N is capped at "
+        "`ATELIER_SERVER__MAX_SYNC_WAIT_SECONDS` (0 there disables waiting). A finished task is answered with "
+        "`Preference-Applied: wait=<seconds applied>`; otherwise the task is answered as it is then, without that "
+        "header (poll `status_url` or stream `/api/v1/tasks/{id}/events`). Other preferences and a malformed `wait` "
+        "are ignored. Idempotent replays wait the same way.",
+    ),
+]
+LastEventIdHeader = Annotated[
+    str | None,
+    Header(
+        alias=events_stream.LAST_EVENT_ID,
+        description="Resume after this event id (the `id:` of the last frame received; EventSource sends it when it "
+        "reconnects). Absent or not an event id: the stream starts with the task's first event.",
+    ),
+]
 
 
 def _generation(model: TaskPublicBase) -> GenerationTaskPublic:
@@ -101,7 +124,7 @@ def cancel_generation_task(
 
 
 @router.post("/", summary="Create Task", response_model=TaskPublic)
-def create_task(
+async def create_task(
     body: Annotated[TaskCreate, Body(title="Task Data")],
     session: SessionDep,
     rt: RuntimeDep,
@@ -109,28 +132,53 @@ def create_task(
     request: Request,
     response: Response,
     idempotency_key: IdempotencyKeyHeader = None,
+    prefer: PreferHeader = None,
 ) -> TaskPublicBase:
     """Create and start a new task. The response carries ``request_id``/``status_url`` and a Location header.
 
     With an ``Idempotency-Key`` already used for the same request, the first request's task is answered as it is
-    now (header ``Idempotent-Replayed: true``) and nothing is created.
+    now (header ``Idempotent-Replayed: true``) and nothing is created. With ``Prefer: wait=N`` the answer waits up
+    to N seconds (capped by the server) for the task to finish; a finished task comes with ``Preference-Applied``.
     """
-    service = TaskService(session, rt, principal)
-    ttl = rt.settings.tasks.idempotency_ttl_seconds
-    claim = idempotency.claim(
-        session, principal, idempotency_key, endpoint=CREATE_ENDPOINT, resource_type="task", body=body, ttl_seconds=ttl
-    )
-    if claim.replay is not None:
-        task = claim.replayed(service.get, response)
-    else:
-        task = service.create(body)
-        claim.bind(task.id)
-        session.commit()  # publishes the run message (after-commit hook)
-        with claim.released_if_refused():
-            service.ensure_published(task)
     base = base_url(rt, request)
-    response.headers["Location"] = status_url(base, task)
-    return to_public(task, base)
+
+    def submit() -> TaskPublicBase:  # the create as a sync unit of work, in the thread pool
+        service = TaskService(session, rt, principal)
+        ttl = rt.settings.tasks.idempotency_ttl_seconds
+        claim = idempotency.claim(
+            session,
+            principal,
+            idempotency_key,
+            endpoint=CREATE_ENDPOINT,
+            resource_type="task",
+            body=body,
+            ttl_seconds=ttl,
+        )
+        if claim.replay is not None:
+            task = claim.replayed(service.get, response)
+        else:
+            task = service.create(body)
+            claim.bind(task.id)
+            session.commit()  # publishes the run message (after-commit hook)
+            with claim.released_if_refused():
+                service.ensure_published(task)
+        session.commit()  # ends the unit of work (a replay's reads too): a wait below holds no connection
+        response.headers["Location"] = status_url(base, task)
+        return to_public(task, base)
+
+    task = await run_in_threadpool(submit)
+    # Every Prefer header counts (RFC 7240); the declared parameter documents it, FastAPI would keep only the first.
+    wait = events_stream.applied_wait(request.headers.getlist("prefer"), rt.settings.server.max_sync_wait_seconds)
+    if wait is None:
+        return task
+    finished = task.status in TERMINAL_STATUSES  # a replay may answer a finished task at once
+    if not finished:
+        latest, finished = await events_stream.wait_for_terminal(rt, principal, task.id, request, wait)
+        if latest is not None:
+            task = to_public(latest, base)
+    if finished:
+        response.headers[events_stream.PREFERENCE_APPLIED] = f"wait={wait}"
+    return task
 
 
 @router.get("/", summary="List Tasks", response_model=list[TaskPublic])
@@ -151,6 +199,46 @@ def list_tasks(
     filters = TaskFilters(status, task_type, origin_instance, origin_zone, origin_tenant_id)
     base = base_url(rt, request)
     return [to_public(t, base) for t in TaskService(session, rt, principal).find(filters, limit=limit, skip=skip)]
+
+
+@router.get(
+    "/{task_id}/events",
+    summary="Stream Task Events",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "Server-sent events (`text/event-stream`) of the task's lifecycle.",
+            "content": {events_stream.EVENT_STREAM: {"schema": {"type": "string"}}},
+        },
+        204: {"description": "Nothing left to stream: the task is finished and `Last-Event-ID` is at its end."},
+    },
+)
+async def stream_task_events(
+    task_id: uuid.UUID,
+    rt: RuntimeDep,
+    principal: PrincipalDep,
+    request: Request,
+    last_event_id: LastEventIdHeader = None,
+) -> Response:
+    """Stream the task's events as server-sent events, ending after the event of its terminal status.
+
+    Each event row is a frame ``id: <event id>``, ``event: <event_type>``, ``data: <json>`` (``event_type``,
+    ``task_id``, ``status``, ``message``, ``data``, ``created_at``; ``TASK_STATUS`` frames add the task's ``progress``).
+    A change of progress is sent as ``event: progress`` (no id). ``: keep-alive`` comments fill silences of 15 s;
+    after ``ATELIER_SERVER__SSE_MAX_SECONDS`` the stream ends with ``event: timeout`` (reconnect with
+    ``Last-Event-ID``). 204 when the task is finished and ``Last-Event-ID`` is at or past its last event.
+    """
+    follower = events_stream.EventFollower(task_id, last_id=events_stream.parse_last_event_id(last_event_id))
+    first = await run_in_threadpool(events_stream.poll, rt.engine, principal.tenant, task_id, follower.last_id)
+    if first is None:  # before anything is streamed: another tenant's task is a plain 404
+        raise NotFoundError(f"task {task_id} not found")
+    if first.over:  # EventSource reconnects after a stream ends; 204 tells it to stop
+        return Response(status_code=204)
+    return StreamingResponse(
+        events_stream.stream(rt, principal.tenant, request, follower, first),
+        media_type=events_stream.EVENT_STREAM,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 @router.get("/{task_id}", summary="Get Task", response_model=TaskPublic)
