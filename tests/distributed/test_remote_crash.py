@@ -6,18 +6,16 @@ import pytest
 
 from tests.distributed.conftest import ClusterFactory
 from tests.fakes.fal import FalFake, create_fal_app
-from tests.fakes.server import serve
-from tests.providers.conftest import service, task_row, until
+from tests.fakes.server import serve_fake
+from tests.providers.conftest import FAL_KEY, service, task_row, until
 
 pytestmark = pytest.mark.integration
 
 
 def test_worker_killed_mid_poll_resumes_the_same_fal_request(redis_cluster: ClusterFactory) -> None:
-    fake = FalFake(key="fal-test-key", script=["slow"])
-    with serve(create_fal_app(fake)) as url:
-        fake.base_url = url
+    with serve_fake(FalFake(key=FAL_KEY, script=["slow"]), create_fal_app) as fake:
         cluster = redis_cluster(
-            providers={"plugins": [], "fal": service(url, "fal-test-key")},
+            providers={"plugins": [], "fal": service(fake.base_url, FAL_KEY)},
             inputs={"allow_private_networks": ["127.0.0.1"]},
         )
         cluster.start_worker(concurrency=1)

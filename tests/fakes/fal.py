@@ -28,6 +28,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from PIL import Image
 
+from tests.fakes.scripted import ScriptedJobsFake
+
 
 @dataclass
 class FalJob:
@@ -44,7 +46,7 @@ class FalJob:
 
 
 @dataclass
-class FalFake:
+class FalFake(ScriptedJobsFake):
     """State of the fake; tests read the counters."""
 
     key: str | None = "fal-test-key"
@@ -55,16 +57,6 @@ class FalFake:
     cancels: int = 0
     base_url: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def release(self) -> None:
-        """Let every ``slow`` job finish."""
-        for job in self.jobs.values():
-            job.released = True
-
-    def next_behaviour(self) -> str:
-        """Pop the script's next behaviour (``ok`` once it is empty)."""
-        with self.lock:
-            return self.script.pop(0) if self.script else "ok"
 
     # Extension points (subclasses fake other apps on the same protocol) ---------------------------------
 

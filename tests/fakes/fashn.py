@@ -33,6 +33,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from PIL import Image
 
+from tests.fakes.scripted import ScriptedJobsFake
+
 
 def decode_image(value: str) -> Image.Image:
     """A data URL as sent by the provider, decoded."""
@@ -62,7 +64,7 @@ class FashnJob:
 
 
 @dataclass
-class FashnFake:
+class FashnFake(ScriptedJobsFake):
     """State of the fake; tests read the counters."""
 
     key: str | None = "fashn-test-key"
@@ -75,16 +77,6 @@ class FashnFake:
     downloads: int = 0
     base_url: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def release(self) -> None:
-        """Let every ``slow`` prediction complete."""
-        for job in self.jobs.values():
-            job.released = True
-
-    def next_behaviour(self) -> str:
-        """The behaviour of the next submit."""
-        with self.lock:
-            return self.script.pop(0) if self.script else "ok"
 
 
 def _error(name: str, message: str, status_code: int, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -35,6 +35,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from PIL import Image
 
+from tests.fakes.scripted import ScriptedJobsFake
+
 CREATIVE = "image-upscaler"
 PRECISION = "image-upscaler-precision"
 PRECISION_SCALE = 2
@@ -69,7 +71,7 @@ class FreepikJob:
 
 
 @dataclass
-class FreepikFake:
+class FreepikFake(ScriptedJobsFake):
     """State of the fake; tests read the counters."""
 
     key: str | None = "freepik-test-key"
@@ -81,16 +83,6 @@ class FreepikFake:
     unexpected: list[str] = field(default_factory=list)  # requests to routes the protocol does not have
     base_url: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def release(self) -> None:
-        """Let every ``slow`` job finish."""
-        for job in self.jobs.values():
-            job.released = True
-
-    def next_behaviour(self) -> str:
-        """The behaviour of the next submit."""
-        with self.lock:
-            return self.script.pop(0) if self.script else "ok"
 
     def submits_to(self, endpoint: str) -> int:
         """Accepted submits to one endpoint."""

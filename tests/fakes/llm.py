@@ -39,6 +39,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from PIL import Image
 
+from tests.fakes.scripted import ScriptedFake
+
 VENDORS = ("openai", "anthropic", "gemini", "ollama")
 INVALID_KIND = {"openai": "invalid_request_error", "anthropic": "invalid_request_error", "gemini": "INVALID_ARGUMENT"}
 TOKENS_PER_IMAGE = 100
@@ -56,7 +58,7 @@ class LLMCall:
 
 
 @dataclass
-class LLMFake:
+class LLMFake(ScriptedFake):
     """State of the fake; tests read ``calls`` and ``counts``."""
 
     keys: dict[str, str | None] = field(
@@ -74,10 +76,6 @@ class LLMFake:
     retry_after: str = "1"
     base_url: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def next_behaviour(self) -> str:
-        with self.lock:
-            return self.script.pop(0) if self.script else "ok"
 
     def last(self, vendor: str) -> LLMCall:
         """The latest call to ``vendor``."""

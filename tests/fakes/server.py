@@ -5,9 +5,9 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import uvicorn
 
@@ -38,3 +38,18 @@ def serve(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+class _Fake(Protocol):
+    base_url: str
+
+
+FakeT = TypeVar("FakeT", bound=_Fake)
+
+
+@contextmanager
+def serve_fake(fake: FakeT, create_app: Callable[[FakeT], Any]) -> Iterator[FakeT]:
+    """Serve ``create_app(fake)`` until the block ends, with ``fake.base_url`` pointing at it."""
+    with serve(create_app(fake)) as url:
+        fake.base_url = url
+        yield fake

@@ -43,6 +43,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from PIL import Image
 
+from tests.fakes.scripted import ScriptedFake
+
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 ASPECT_RATIOS = {"1:1", "3:2", "2:3", "3:4", "4:3", "4:5", "5:4", "9:16", "16:9", "21:9"}
@@ -111,7 +113,7 @@ class GeminiCall:
 
 
 @dataclass
-class VertexFake:
+class VertexFake(ScriptedFake):
     """State of the fake; tests read the counters and recorded requests."""
 
     key: ServiceAccountKey
@@ -136,9 +138,10 @@ class VertexFake:
         return f"{self.base_url}/token"
 
     def next_behaviour(self) -> str:
+        """Count the call, then pop the script's next behaviour."""
         with self.lock:
             self.calls += 1
-            return self.script.pop(0) if self.script else "ok"
+        return super().next_behaviour()
 
 
 def _google_error(code: int, status: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import pytest
 from sqlalchemy import select, update
 
 from atelier.core.db import session_scope
@@ -14,8 +15,18 @@ from atelier.core.runtime import Runtime
 from atelier.core.time import utcnow
 from atelier.tasks.models import Task
 from tests.conftest import Api, AppFactory
+from tests.fakes.fal import FalFake, create_fal_app
+from tests.fakes.server import serve_fake
 
 FALLBACK_PLUGIN = "tests.fakes.providers:register_fallback"
+FAL_KEY = "fal-test-key"
+
+
+@pytest.fixture
+def fal() -> Iterator[FalFake]:
+    """The fal queue fake on a real port (a provider under test, or the fallback of another one)."""
+    with serve_fake(FalFake(key=FAL_KEY), create_fal_app) as fake:
+        yield fake
 
 
 def service(base_url: str, key: str | None = None, **extra: Any) -> dict[str, Any]:

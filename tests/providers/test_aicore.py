@@ -14,7 +14,7 @@ from atelier.providers.remote.client import RemoteJobFailedError
 from atelier.tasks.enums import ErrorCategory
 from tests.conftest import Api, AppFactory, b64_png, data_url, png_bytes
 from tests.fakes.llm import VENDORS, LLMFake, answer_text, create_llm_app, input_tokens, output_tokens
-from tests.fakes.server import serve
+from tests.fakes.server import serve_fake
 from tests.providers.conftest import remote_api, service, task_row
 
 PROMPT = "Describe the garment in one sentence"
@@ -24,9 +24,7 @@ IMAGE = ((20, 10), "blue")
 
 @pytest.fixture
 def llm() -> Iterator[LLMFake]:
-    fake = LLMFake()
-    with serve(create_llm_app(fake)) as url:
-        fake.base_url = url
+    with serve_fake(LLMFake(), create_llm_app) as fake:
         yield fake
 
 

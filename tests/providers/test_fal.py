@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 
-import pytest
 from PIL import Image
 
 from tests.conftest import Api, AppFactory, data_url
-from tests.fakes.fal import FalFake, create_fal_app
-from tests.fakes.server import serve
+from tests.fakes.fal import FalFake
 from tests.providers.conftest import (
+    FAL_KEY,
     FALLBACK_PLUGIN,
     cancel,
     remote_api,
@@ -22,15 +20,7 @@ from tests.providers.conftest import (
     until,
 )
 
-KEY = "fal-test-key"
-
-
-@pytest.fixture
-def fal() -> Iterator[FalFake]:
-    fake = FalFake(key=KEY)
-    with serve(create_fal_app(fake)) as url:
-        fake.base_url = url
-        yield fake
+KEY = FAL_KEY
 
 
 def fal_api(app_factory: AppFactory, fake: FalFake, **kwargs: object) -> Api:

@@ -10,10 +10,11 @@ import pytest
 from PIL import Image
 
 from tests.conftest import Api, AppFactory, data_url
-from tests.fakes.fal import FalFake, create_fal_app
+from tests.fakes.fal import FalFake
 from tests.fakes.fashn import FashnFake, FashnJob, create_fashn_app, decode_image
-from tests.fakes.server import serve
+from tests.fakes.server import serve_fake
 from tests.providers.conftest import (
+    FAL_KEY,
     FALLBACK_PLUGIN,
     cancel,
     remote_api,
@@ -25,23 +26,12 @@ from tests.providers.conftest import (
 )
 
 KEY = "fashn-test-key"
-FAL_KEY = "fal-test-key"
 BLUE = (0, 0, 255)
 
 
 @pytest.fixture
 def fashn() -> Iterator[FashnFake]:
-    fake = FashnFake(key=KEY)
-    with serve(create_fashn_app(fake)) as url:
-        fake.base_url = url
-        yield fake
-
-
-@pytest.fixture
-def fal() -> Iterator[FalFake]:
-    fake = FalFake(key=FAL_KEY)
-    with serve(create_fal_app(fake)) as url:
-        fake.base_url = url
+    with serve_fake(FashnFake(key=KEY), create_fashn_app) as fake:
         yield fake
 
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from tests.conftest import Api, AppFactory
 from tests.fakes.freepik import CREATIVE, PRECISION, PRECISION_SCALE, FreepikFake, create_freepik_app
-from tests.fakes.server import serve
+from tests.fakes.server import serve_fake
 from tests.providers.conftest import cancel, remote_api, service, steal_lease, storage_bytes, task_row, until
 
 KEY = "freepik-test-key"
@@ -22,9 +22,7 @@ BLUE = (30, 30, 200)
 
 @pytest.fixture
 def freepik() -> Iterator[FreepikFake]:
-    fake = FreepikFake(key=KEY)
-    with serve(create_freepik_app(fake)) as url:
-        fake.base_url = url
+    with serve_fake(FreepikFake(key=KEY), create_freepik_app) as fake:
         yield fake
 
 

@@ -14,20 +14,17 @@ from PIL import Image, ImageDraw
 
 from atelier.providers.remote.nano_banana import DEFAULT_PROMPT, SYSTEM_INSTRUCTION, image_size_for, wanted_size
 from tests.conftest import Api, AppFactory
-from tests.fakes.fal import FalFake, create_fal_app
-from tests.fakes.server import serve
+from tests.fakes.fal import FalFake
+from tests.fakes.server import serve_fake
 from tests.fakes.vertex import VertexFake, create_vertex_app, write_service_account
-from tests.providers.conftest import remote_api, service, storage_bytes, task_row
+from tests.providers.conftest import FAL_KEY, remote_api, service, storage_bytes, task_row
 
 MODEL = "gemini-3-pro-image-preview"
-FAL_KEY = "fal-test-key"
 
 
 @pytest.fixture
 def vertex(tmp_path: Path) -> Iterator[VertexFake]:
-    fake = VertexFake(key=write_service_account(tmp_path / "keys"))
-    with serve(create_vertex_app(fake)) as url:
-        fake.base_url = url
+    with serve_fake(VertexFake(key=write_service_account(tmp_path / "keys")), create_vertex_app) as fake:
         yield fake
 
 
@@ -110,15 +107,12 @@ def test_a_drifting_answer_is_asked_again(app_factory: AppFactory, vertex: Verte
 
 
 def test_an_answer_that_always_drifts_fails_with_the_best_score_and_the_fallback_takes_over(
-    app_factory: AppFactory, vertex: VertexFake
+    app_factory: AppFactory, vertex: VertexFake, fal: FalFake
 ) -> None:
     vertex.script = ["drift"] * 4
-    fal = FalFake(key=FAL_KEY)
-    with serve(create_fal_app(fal)) as fal_url:
-        fal.base_url = fal_url
-        api = upscaler_api(app_factory, vertex, fal=service(fal_url, FAL_KEY))
-        failed = api.wait(api.create(refine(max_retries=2))["id"])
-        rescued = api.wait(api.create(refine(max_retries=0, fallback_provider_type="FAL_STANDARD"))["id"])
+    api = upscaler_api(app_factory, vertex, fal=service(fal.base_url, FAL_KEY))
+    failed = api.wait(api.create(refine(max_retries=2))["id"])
+    rescued = api.wait(api.create(refine(max_retries=0, fallback_provider_type="FAL_STANDARD"))["id"])
 
     assert failed["status"] == "FAILED"
     assert failed["retry_count"] == 0

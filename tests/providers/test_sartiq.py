@@ -23,7 +23,7 @@ from atelier.providers.remote import quality
 from atelier.providers.remote.sartiq import split_box
 from tests.conftest import Api, AppFactory
 from tests.fakes.img2img import Img2ImgFake, create_img2img_app
-from tests.fakes.server import serve
+from tests.fakes.server import serve_fake
 from tests.providers.conftest import cancel, remote_api, service, storage_bytes, task_row, until
 
 KEY = "fal-test-key"
@@ -32,9 +32,7 @@ APP = "sartiq-test/img2img/v1"
 
 @pytest.fixture
 def fake() -> Iterator[Img2ImgFake]:
-    state = Img2ImgFake(key=KEY)
-    with serve(create_img2img_app(state)) as url:
-        state.base_url = url
+    with serve_fake(Img2ImgFake(key=KEY), create_img2img_app) as state:
         yield state
 
 

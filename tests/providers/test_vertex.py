@@ -25,29 +25,20 @@ from atelier.providers.remote.vertex import (
 from atelier.settings import VertexSettings
 from atelier.tasks.enums import ErrorCategory
 from tests.conftest import Api, AppFactory, data_url
-from tests.fakes.fal import FalFake, create_fal_app
-from tests.fakes.server import serve
+from tests.fakes.fal import FalFake
+from tests.fakes.server import serve_fake
 from tests.fakes.vertex import RENDER_COLOUR, VertexFake, create_vertex_app, write_service_account
-from tests.providers.conftest import remote_api, service, storage_bytes
+from tests.providers.conftest import FAL_KEY, remote_api, service, storage_bytes
 
 KEY_PROJECT = "key-project"
 LOCATION = "us-central1"
-FAL_KEY = "fal-test-key"
 
 
 @pytest.fixture
 def vertex(tmp_path: Path) -> Iterator[VertexFake]:
-    fake = VertexFake(key=write_service_account(tmp_path / "keys", project_id=KEY_PROJECT))
-    with serve(create_vertex_app(fake)) as url:
-        fake.base_url = url
-        yield fake
-
-
-@pytest.fixture
-def fal() -> Iterator[FalFake]:
-    fake = FalFake(key=FAL_KEY)
-    with serve(create_fal_app(fake)) as url:
-        fake.base_url = url
+    with serve_fake(
+        VertexFake(key=write_service_account(tmp_path / "keys", project_id=KEY_PROJECT)), create_vertex_app
+    ) as fake:
         yield fake
 
 
