@@ -11,8 +11,8 @@ from sqlalchemy import event, select
 from atelier.core.db import session_scope, statement_connection
 from atelier.tasks.models import TaskEvent
 from atelier.tasks.transitions import claim, complete_unchanged
+from tests.api.helpers import runtime_of
 from tests.conftest import AppFactory, b64_png
-from tests.providers.conftest import runtime_of
 
 pytestmark = pytest.mark.integration
 

@@ -8,16 +8,10 @@ from datetime import timedelta
 from sqlalchemy import update
 
 from atelier.core.db import session_scope
-from atelier.core.runtime import Runtime
 from atelier.core.time import utcnow
 from atelier.tasks.models import Task
-from tests.conftest import Api, AppFactory, b64_png
-
-
-def runtime_of(api: Api) -> Runtime:
-    """The runtime behind a test client."""
-    runtime: Runtime = api.client.app.state.runtime  # type: ignore[attr-defined]
-    return runtime
+from tests.api.helpers import runtime_of
+from tests.conftest import AppFactory, b64_png
 
 
 def adjuster() -> dict[str, object]:

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from atelier.tasks.models import Task, TaskEvent
 from tests.api.helpers import runtime_of
 from tests.conftest import Api, AppFactory, b64_png
+from tests.engine.test_image_adjuster_e2e import product_shot
 
 BASE = "/api/v1/workflows/"
 ENDED = {"COMPLETED", "FAILED", "CANCELLED"}
@@ -155,15 +156,6 @@ def upload(api: Api, path: str, data: bytes) -> None:
         f"/api/v1/storage/images/{path}", files={"file": ("x.png", data, "image/png")}, headers=api.headers()
     )
     assert response.status_code == 200, response.text
-
-
-def product_shot() -> bytes:
-    """A 200×100 white photo with a red subject (margins can be measured on it)."""
-    image = Image.new("RGB", (200, 100), (255, 255, 255))
-    image.paste((255, 0, 0), (30, 20, 70, 80))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------- the diamond

@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import select, update
 
 from atelier.core.db import session_scope
-from atelier.core.runtime import Runtime
 from atelier.core.time import utcnow
 from atelier.tasks.models import Task
+from tests.api.helpers import runtime_of
 from tests.conftest import Api, AppFactory
 from tests.fakes.fal import FalFake, create_fal_app
 from tests.fakes.server import serve_fake
@@ -60,12 +60,6 @@ def remote_api(app_factory: AppFactory, max_retries: int = 2, plugins: list[str]
             "cancel_poll_seconds": 0.0,
         },
     )
-
-
-def runtime_of(api: Api) -> Runtime:
-    """The runtime behind a test client."""
-    runtime: Runtime = api.client.app.state.runtime  # type: ignore[attr-defined]
-    return runtime
 
 
 def task_row(api: Api, task_id: str) -> Task:
