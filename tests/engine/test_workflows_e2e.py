@@ -238,7 +238,7 @@ def test_branches_run_in_parallel_and_fan_in_waits_for_both(api: Api) -> None:
         api,
         generate("a", ["ok"]),
         generate("fast", ["slow"], "a", slow=0.3),
-        generate("slow", ["slow"], "a", slow=1.5),
+        generate("slow", ["slow"], "a", slow=3),
         generate("join", ["ok"], "fast", "slow"),
     )
     # the fast branch finished while the slow one still runs: the join has not started
@@ -565,16 +565,19 @@ def test_status_surfaces_do_not_leak_workflows(api: Api) -> None:
 
 def test_pending_step_tasks_are_cancelled_behind_a_busy_worker(app_factory: AppFactory) -> None:
     api = app_factory(concurrency=1)
-    blocker = api.create(
-        {"task_type": "GENERATION", "prompt": "x", "config": {"script": ["slow"], "slow_seconds": 0.5}}
+    blocker = api.create(  # holds the only slot until it is cancelled: the workflow cannot finish on its own
+        {"task_type": "GENERATION", "prompt": "x", "config": {"script": ["slow"], "slow_seconds": 30}}
     )
     api.wait(blocker["id"], {"EXECUTING"})
     created = create(api, generate("root", ["ok"]), generate("next", ["ok"], "root"))
     root_task = steps_of(created)["root"]["task_id"]
     assert api.get(root_task)["status"] == "PENDING"
-    assert api.client.delete(f"{BASE}{created['id']}", headers=api.headers()).status_code == 200
-    assert api.wait(blocker["id"])["status"] == "COMPLETED"
-    time.sleep(0.3)
+    response = api.client.delete(f"{BASE}{created['id']}", headers=api.headers())
+    assert response.status_code == 200, response.text
+    assert api.client.post(f"/api/v1/tasks/{blocker['id']}/cancel", headers=api.headers()).status_code == 200
+    assert api.wait(blocker["id"])["status"] == "CANCELLED"
+    probe = api.create({"task_type": "GENERATION", "prompt": "x", "config": {"script": ["ok"]}})
+    assert api.wait(probe["id"])["status"] == "COMPLETED"  # the one slot has taken every earlier message
     task = api.get(root_task)
     assert task["status"] == "CANCELLED" and task["started_at"] is None and claims(api, root_task) == 0
     assert api.side_effects(root_task) == 0
