@@ -15,6 +15,9 @@ from atelier import __version__
 from atelier.admin.endpoints import router as admin_router
 from atelier.core.http import BodySizeLimit, install_error_handlers
 from atelier.core.runtime import Runtime, build_runtime
+from atelier.delivery.endpoints import document_webhooks
+from atelier.delivery.endpoints import router as delivery_router
+from atelier.delivery.sender import WebhookLoop
 from atelier.engine.celery_app import queue_name
 from atelier.engine.embedded import EmbeddedWorker
 from atelier.engine.reaper import ReaperLoop
@@ -35,9 +38,9 @@ DESCRIPTION = (
 )
 
 
-def _start_engine(runtime: Runtime) -> tuple[EmbeddedWorker | None, ReaperLoop | None]:
+def _start_engine(runtime: Runtime) -> tuple[EmbeddedWorker | None, ReaperLoop | None, WebhookLoop | None]:
     settings = runtime.settings
-    worker = reaper = None
+    worker = reaper = webhooks = None
     if settings.embedded and settings.broker.embedded_worker:
         queues = [queue_name(settings, q) for q in ALL_QUEUES]
         worker = EmbeddedWorker(runtime.celery, concurrency=settings.broker.embedded_concurrency, queues=queues)
@@ -47,7 +50,10 @@ def _start_engine(runtime: Runtime) -> tuple[EmbeddedWorker | None, ReaperLoop |
     if settings.reaper.enabled:
         reaper = ReaperLoop(runtime)
         reaper.start()
-    return worker, reaper
+    if settings.webhooks.enabled:
+        webhooks = WebhookLoop(runtime)
+        webhooks.start()
+    return worker, reaper, webhooks
 
 
 def create_app(settings: Settings | None = None, *, providers: ProviderRegistry | None = None) -> FastAPI:
@@ -59,10 +65,12 @@ def create_app(settings: Settings | None = None, *, providers: ProviderRegistry 
         runtime = build_runtime(settings, providers)
         app.state.runtime = runtime
         to_thread.current_default_thread_limiter().total_tokens = settings.server.threadpool_size
-        worker, reaper = _start_engine(runtime)
+        worker, reaper, webhooks = _start_engine(runtime)
         try:
             yield
         finally:
+            if webhooks is not None:
+                webhooks.stop()
             if reaper is not None:
                 reaper.stop()
             if worker is not None:
@@ -82,6 +90,8 @@ def create_app(settings: Settings | None = None, *, providers: ProviderRegistry 
     app.include_router(status_router)
     app.include_router(admin_router)
     app.include_router(workflows_router)
+    app.include_router(delivery_router)
+    document_webhooks(app)
     app.add_api_route("/health", health, methods=["GET"], summary="Health Check", include_in_schema=True)
     return app
 

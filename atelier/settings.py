@@ -110,6 +110,53 @@ class TaskSettings(BaseModel):
         description="How long an `Idempotency-Key` of a create (task or workflow) stays bound to its resource; "
         "afterwards the key may be used again and the reaper deletes it.",
     )
+    queue_timeout_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Queue-wait deadline: a task not started this long after it was created is CANCELLED with "
+        "`error_category` QUEUE_TIMEOUT. A task's `config.queue_timeout_seconds` overrides it. Empty: none.",
+    )
+    run_timeout_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Longest one attempt may run; then the task FAILS with `error_category` TIMEOUT (not retried). "
+        "A task's `config.run_timeout_seconds` overrides it. Empty: none (the lease still catches dead workers).",
+    )
+    retention_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="Finished tasks expire this long after they finish (`expires_at`): the reaper purges their "
+        "files and reads answer 410 Gone. Empty: keep forever.",
+    )
+
+
+class TenantLimits(BaseModel):
+    """Limits of one tenant (empty fields fall back to the global ones)."""
+
+    rate_per_minute: int | None = Field(None, ge=1, description="Tasks created per rolling minute.")
+    max_active: int | None = Field(None, ge=1, description="Unfinished tasks at once.")
+
+
+class LimitSettings(BaseModel):
+    """Per-tenant admission limits and fairness between tenants."""
+
+    rate_per_minute: int | None = Field(
+        None,
+        ge=1,
+        description="Tasks a tenant may create per rolling minute (429 + Retry-After beyond). Empty: no limit.",
+    )
+    max_active: int | None = Field(
+        None, ge=1, description="Unfinished (PENDING + EXECUTING) tasks a tenant may have at once. Empty: no cap."
+    )
+    tenants: dict[str, TenantLimits] = Field(
+        default_factory=dict, description="Per-tenant overrides of `rate_per_minute` and `max_active`."
+    )
+    fair_share_pending: int = Field(
+        100,
+        ge=1,
+        description="A tenant with this many PENDING tasks is bursting: its new tasks queue behind other tenants' "
+        "tasks of the same priority (one broker priority band lower), so a burst cannot starve a single task.",
+    )
 
 
 class ReaperSettings(BaseModel):
@@ -119,6 +166,36 @@ class ReaperSettings(BaseModel):
     interval_seconds: float = Field(15.0, gt=0, description="Seconds between sweeps.")
     republish_after_seconds: float = Field(
         300.0, ge=0, description="A PENDING task whose last publish is older than this is published again."
+    )
+
+
+class WebhookSettings(BaseModel):
+    """Signed webhook delivery (Standard Webhooks) of task and workflow events."""
+
+    enabled: bool = Field(True, description="Run the delivery loop in `atelier serve` (relays events, sends them).")
+    secrets: list[SecretStr] = Field(
+        default_factory=list,
+        description="Signing secrets, `whsec_<base64>`. Every one signs each message (its `webhook-signature` "
+        "lists one `v1,` signature per secret), so a receiver may verify with any: add the new secret, move "
+        "receivers over, then remove the old one. Empty: one secret derived from `auth.secret_key` "
+        "(`atelier webhook-secret` prints it).",
+    )
+    timeout_seconds: float = Field(10.0, gt=0, description="Timeout of one delivery attempt.")
+    retry_window_seconds: float = Field(
+        86_400.0, gt=0, description="How long a failing delivery is retried (from the event) before it is given up."
+    )
+    backoff_base_seconds: float = Field(
+        5.0, gt=0, description="Delay after the first failed attempt; doubles each time."
+    )
+    backoff_max_seconds: float = Field(3_600.0, gt=0, description="Cap of the delay between attempts.")
+    jitter: float = Field(
+        0.2, ge=0, le=1, description="Each delay is multiplied by a random factor in [1-jitter, 1+jitter]."
+    )
+    poll_interval_seconds: float = Field(0.2, gt=0, description="How often the loop looks for events and due retries.")
+    concurrency: int = Field(8, ge=1, le=256, description="Deliveries in flight at once per API process.")
+    allow_private_networks: list[str] = Field(
+        default_factory=list,
+        description="Hosts or CIDR ranges webhooks may reach although private/loopback (e.g. an internal receiver).",
     )
 
 
@@ -262,8 +339,10 @@ class Settings(BaseSettings):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     inputs: InputSettings = Field(default_factory=InputSettings)
     reaper: ReaperSettings = Field(default_factory=ReaperSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
     providers: ProviderSettings = Field(default_factory=ProviderSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
 
     @model_validator(mode="after")
     def _refuse_dev_secret(self) -> Settings:

@@ -148,3 +148,14 @@ def lock_for_write(session: Session) -> None:
     """
     if session.get_bind().dialect.name == "sqlite" and not session.in_transaction():
         session.execute(text("BEGIN IMMEDIATE"))
+
+
+def try_leadership(session: Session, key: int) -> bool:
+    """Whether this transaction may do singleton work named by ``key``.
+
+    On PostgreSQL: a transaction-scoped advisory lock (released at commit or when the connection dies, so a crashed
+    leader never blocks the others). SQLite deployments have a single process: always True.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return True
+    return bool(session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": key}).scalar())

@@ -52,6 +52,24 @@ class PayloadTooLargeError(AtelierError):
     http_status = 413
 
 
+class GoneError(AtelierError):
+    """The object existed but its retention period is over: its results were purged."""
+
+    code = "expired"
+    http_status = 410
+
+
+class RateLimitedError(AtelierError):
+    """The tenant is over a rate limit or concurrency cap; retry after ``retry_after`` seconds."""
+
+    code = "rate_limited"
+    http_status = 429
+
+    def __init__(self, message: str, *, retry_after: float, details: Any = None) -> None:
+        super().__init__(message, details=details)
+        self.retry_after = max(1, int(retry_after + 0.999))
+
+
 class ServiceUnavailableError(AtelierError):
     """A dependency (database, broker, storage) is unreachable; the client may retry later."""
 

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from atelier.core.errors import AtelierError, InvalidInputError, ServiceUnavailableError
+from atelier.core.errors import AtelierError, InvalidInputError, RateLimitedError, ServiceUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +34,18 @@ def _surface(request: Request) -> str:
 
 
 def render(
-    request: Request, status: int, code: str, message: str, details: Any, loc: tuple[Any, ...] = ()
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    details: Any,
+    loc: tuple[Any, ...] = (),
+    retry_after: int | None = None,
 ) -> JSONResponse:
     """One error, in the envelope of the surface the request hit."""
     headers = {"Retry-After": RETRY_AFTER_SECONDS} if status == 503 else None
+    if retry_after is not None:
+        headers = {"Retry-After": str(retry_after)}
     surface = _surface(request)
     if surface == "bria":
         body: Any = {
@@ -56,7 +64,8 @@ def render(
 async def _atelier_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AtelierError)
     loc = exc.loc if isinstance(exc, InvalidInputError) else ()
-    return render(request, exc.http_status, exc.code, exc.message, exc.details, loc)
+    retry_after = exc.retry_after if isinstance(exc, RateLimitedError) else None
+    return render(request, exc.http_status, exc.code, exc.message, exc.details, loc, retry_after)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from celery import Celery
+from celery import Celery, Task
 from kombu import Queue
 
 from atelier.engine import transport
@@ -63,7 +63,7 @@ def _queues(settings: Settings, kind: str) -> list[Queue]:
     ]
 
 
-def create_celery(settings: Settings, run_task: Callable[[str], None]) -> Celery:
+def create_celery(settings: Settings, run_task: Callable[[str, str | None], None]) -> Celery:
     """Build a Celery app whose only job is "run task <id>"; the database holds everything else."""
     transport.register()
     app = Celery("atelier", set_as_current=False)
@@ -106,9 +106,9 @@ def create_celery(settings: Settings, run_task: Callable[[str], None]) -> Celery
     )
 
     # shared=False: each app (e.g. several in one test process) must call its own runtime's runner.
-    @app.task(name=RUN_TASK, ignore_result=True, shared=False)
-    def run(task_id: str) -> None:
-        run_task(task_id)
+    @app.task(name=RUN_TASK, ignore_result=True, shared=False, bind=True)
+    def run(self: Task[Any, Any], task_id: str) -> None:
+        run_task(task_id, self.request.id)
 
     return app
 

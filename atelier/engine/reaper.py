@@ -12,11 +12,8 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import text
-from sqlalchemy.orm import Session
-
 from atelier.core import idempotency
-from atelier.core.db import session_scope
+from atelier.core.db import session_scope, try_leadership
 from atelier.core.runtime import Runtime
 from atelier.core.time import utcnow
 from atelier.engine.dispatch import enqueue
@@ -43,12 +40,6 @@ class SweepReport:
     expired_keys: int = 0
 
 
-def _leader(session: Session) -> bool:
-    if session.get_bind().dialect.name != "postgresql":
-        return True
-    return bool(session.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK_KEY}).scalar())
-
-
 def _no_live_message(task: Task, republish_before: datetime) -> bool:
     """Whether no message has been sent since the lease expired (or the last one is old enough to be lost)."""
     sent = task.dispatched_at
@@ -63,7 +54,7 @@ def sweep(runtime: Runtime) -> SweepReport:
     settings = runtime.settings
     now = utcnow()
     with session_scope(runtime.sessions) as session:
-        if not _leader(session):
+        if not try_leadership(session, ADVISORY_LOCK_KEY):
             return SweepReport(ran=False)
         republish_before = now - timedelta(seconds=settings.reaper.republish_after_seconds)
         stale = repository.stale_pending(session, now=now, dispatched_before=republish_before, limit=BATCH)

@@ -6,6 +6,7 @@ from alembic import context
 from sqlalchemy import Connection, engine_from_config, pool
 
 import atelier.core.idempotency
+import atelier.delivery.models
 import atelier.tasks.models
 import atelier.workflows.models  # noqa: F401
 from atelier.core.db import Base

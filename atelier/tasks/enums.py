@@ -75,6 +75,8 @@ class ErrorCategory(StrEnum):
     STORAGE_ERROR = "STORAGE_ERROR"
     WORKER_LOST = "WORKER_LOST"
     CANCELLED = "CANCELLED"
+    QUEUE_TIMEOUT = "QUEUE_TIMEOUT"  # never started before its queue-wait deadline
+    TIMEOUT = "TIMEOUT"  # an attempt ran longer than its run timeout
     INTERNAL_ERROR = "INTERNAL_ERROR"
 
 
@@ -89,6 +91,7 @@ class EventType(StrEnum):
     TRAINING_STATUS = "TRAINING_STATUS"
     PREPROCESSING_STATUS = "PREPROCESSING_STATUS"
     INFERENCE_STATUS = "INFERENCE_STATUS"
+    WORKFLOW_STATUS = "WORKFLOW_STATUS"
 
 
 class BackgroundFixStrategy(StrEnum):

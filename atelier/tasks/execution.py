@@ -107,25 +107,25 @@ class TaskRunner:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
 
-    def run(self, task_id: str) -> None:
-        """Entry point of the ``tasks.run`` Celery task."""
+    def run(self, task_id: str, message_id: str | None = None) -> None:
+        """Entry point of the ``tasks.run`` Celery task (``message_id``: the Celery task id of the message)."""
         try:
             tid = uuid.UUID(task_id)
         except ValueError:
             log.error("dropping message with malformed task id %r", task_id)
             return
         owner = f"{self.rt.worker_name}:{uuid.uuid4().hex[:8]}"
-        plan = retry_on_disconnect(lambda: self._claim(tid, owner))
+        plan = retry_on_disconnect(lambda: self._claim(tid, owner, message_id))
         if plan is None:
             log.debug("task %s not claimable; message dropped", tid)
             return
         outcome = self._execute(plan, owner)
         retry_on_disconnect(lambda: self._record(plan, owner, outcome))
 
-    def _claim(self, tid: uuid.UUID, owner: str) -> Plan | None:
+    def _claim(self, tid: uuid.UUID, owner: str, message_id: str | None) -> Plan | None:
         tasks = self.rt.settings.tasks
         with statement_connection(self.rt.engine) as conn:
-            task = claim(conn, tid, owner, tasks.lease_seconds, tasks.max_resumes)
+            task = claim(conn, tid, owner, tasks.lease_seconds, tasks.max_resumes, message_id)
             if task is None:
                 return None
             use_fallback = task.fallback_active

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text, Uuid
+from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text, Uuid, false, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from atelier.core.db import Base, JSONType, UTCDateTime
@@ -70,11 +70,19 @@ class Task(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
-    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
+    # Delivery controls: a queue-wait deadline (never started by then → CANCELLED, QUEUE_TIMEOUT), a run timeout
+    # per attempt (→ FAILED, TIMEOUT) and the retention purge marker (files gone, reads answer 410).
+    queue_deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    run_timeout_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
 
     __table_args__ = (
         Index("ix_tasks_tenant_created", "tenant_id", "created_at"),
         Index("ix_tasks_status_queue", "status", "queue_name"),
+        Index("ix_tasks_tenant_status", "tenant_id", "status"),
+        Index("ix_tasks_queue_order", "status", "queue_name", "priority", "created_at"),
     )
 
 
@@ -91,3 +99,15 @@ class TaskEvent(Base):
     message: Mapped[str | None] = mapped_column(Text, nullable=True)
     data: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The outbox flag: set (in the statement that writes the event) when the task has a webhook; the delivery
+    # relay turns flagged events into webhook deliveries and clears the flag in one transaction.
+    webhook_pending: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+    __table_args__ = (
+        Index(
+            "ix_task_events_webhook_pending",
+            "id",
+            postgresql_where=text("webhook_pending = true"),
+            sqlite_where=text("webhook_pending = 1"),
+        ),
+    )

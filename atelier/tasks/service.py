@@ -14,6 +14,7 @@ from atelier.core.auth import Principal
 from atelier.core.errors import ConflictError, InvalidInputError, NotFoundError, ServiceUnavailableError
 from atelier.core.runtime import Runtime
 from atelier.core.time import utcnow
+from atelier.delivery.signing import check_webhook_url
 from atelier.engine.dispatch import enqueue, take_failures
 from atelier.providers.registry import DEFAULT_PROVIDER, config_model, queue_for
 from atelier.storage.service import TenantStorage
@@ -102,6 +103,7 @@ class TaskService:
         fallback_config = validate_provider_config(
             body.fallback_provider_type, body.fallback_provider_config, "fallback_provider_config"
         )
+        check_webhook_url(body.webhook_url, self.rt.settings, loc=("body", "webhook_url"))
         task_id = uuid.uuid4()
         raw = body.model_dump(mode="json")
         resolver = SourceResolver(self.storage, self.rt.fetch_limits, task_type, task_id)

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, case, insert, literal, or_, select, update
+from sqlalchemy import Connection, String, and_, bindparam, case, func, insert, literal, or_, select, update
 from sqlalchemy.orm import Session
 
 from atelier.core.db import JSONType
@@ -51,11 +51,16 @@ def record_event(
     message: str | None = None,
     data: dict[str, Any] | None = None,
 ) -> None:
-    """Append one event to the task's trail (same unit of work as the change it records)."""
-    _insert_event(session, task.id, task.tenant_id, event_type, task.status, message, data)
+    """Append one event to the task's trail (same unit of work as the change it records).
+
+    Status and creation events of a task with a ``webhook_url`` are flagged for the webhook outbox.
+    """
+    notify = bool(task.webhook_url) and event_type in WEBHOOK_EVENTS
+    _insert_event(session, task.id, task.tenant_id, event_type, task.status, message, data, notify=notify)
 
 
 _EVENT = insert(TaskEvent)
+WEBHOOK_EVENTS = frozenset({EventType.TASK_CREATED, EventType.TASK_STATUS})  # what webhooks receive
 
 # Called (same session, same transaction) when a task that belongs to a workflow reaches a terminal status.
 TERMINAL_HOOKS: list[Callable[[Session, Task], None]] = []
@@ -69,10 +74,13 @@ def _insert_event(
     status: str | None,
     message: str | None,
     data: dict[str, Any] | None,
+    *,
+    notify: bool = False,
 ) -> None:
     # A Core insert (after autoflush of pending rows): no unit-of-work bookkeeping for an append-only row.
     row = {"task_id": task_id, "tenant_id": tenant, "event_type": event_type.value, "status": status}
-    session.execute(_EVENT, {**row, "message": message, "data": data, "created_at": utcnow()})
+    extra = {"message": message, "data": data, "created_at": utcnow(), "webhook_pending": notify}
+    session.execute(_EVENT, {**row, **extra})
 
 
 def transition(
@@ -166,6 +174,7 @@ CLAIM_COLUMNS = tuple(
         "is_resumed",
         "resume_attempt_count",
         "workflow_id",
+        "webhook_url",
     )
 )
 
@@ -182,6 +191,9 @@ def _claim_statement() -> Any:
     # A small grace: broker timers may fire an ETA message a few milliseconds before ``not_before``.
     due = and_(Task.status == S.PENDING.value, or_(Task.not_before.is_(None), Task.not_before <= grace))
     resumed = Task.status == S.EXECUTING.value
+    # Only the task's latest message may claim it (``celery_task_id``): a re-prioritised or re-published task's
+    # older messages are dropped, so a lowered priority really waits. Without a message id, any message may.
+    latest = func.coalesce(bindparam("p_message_id", type_=String), Task.celery_task_id) == Task.celery_task_id
     return (
         update(Task)
         .where(
@@ -189,6 +201,7 @@ def _claim_statement() -> Any:
             Task.is_deleted.is_(False),
             Task.cancel_requested.is_(False),
             or_(due, expired),
+            latest,
         )
         .values(
             status=S.EXECUTING.value,
@@ -217,7 +230,7 @@ def _with_event(stmt: Any, status: S, name: str) -> Any:
     """
     changed = stmt.cte(name)
     event = insert(TaskEvent).from_select(
-        ["task_id", "tenant_id", "event_type", "status", "message", "data", "created_at"],
+        ["task_id", "tenant_id", "event_type", "status", "message", "data", "created_at", "webhook_pending"],
         select(
             changed.c.id,
             changed.c.tenant_id,
@@ -226,6 +239,7 @@ def _with_event(stmt: Any, status: S, name: str) -> Any:
             bindparam("p_message"),
             bindparam("p_event_data", type_=JSONType),
             bindparam("p_now"),
+            changed.c.webhook_url.is_not(None),
         ),
     )
     return select(changed).add_cte(event.cte(f"{name}_event"))
@@ -241,7 +255,12 @@ def single_statement_events(conn: Connection) -> bool:
 
 
 def claim(
-    conn: Connection, task_id: uuid.UUID, worker: str, lease_seconds: float, max_resumes: int
+    conn: Connection,
+    task_id: uuid.UUID,
+    worker: str,
+    lease_seconds: float,
+    max_resumes: int,
+    message_id: str | None = None,
 ) -> SimpleNamespace | None:
     """Atomically take the task for ``worker``; None when it is not claimable (duplicate or stale message).
 
@@ -257,6 +276,7 @@ def claim(
         "p_max_resumes": max_resumes,
         "p_owner": worker,
         "p_lease": now + timedelta(seconds=lease_seconds),
+        "p_message_id": message_id,
     }
     message, data = f"claimed by {worker}", {"to": S.EXECUTING.value}
     if single_statement_events(conn):
@@ -265,7 +285,10 @@ def claim(
     row = conn.execute(_CLAIM, params).mappings().first()
     if row is None:
         return None
-    _insert_event(conn, task_id, row["tenant_id"], EventType.TASK_STATUS, S.EXECUTING.value, message, data)
+    notify = row["webhook_url"] is not None
+    _insert_event(
+        conn, task_id, row["tenant_id"], EventType.TASK_STATUS, S.EXECUTING.value, message, data, notify=notify
+    )
     return SimpleNamespace(**row)
 
 
@@ -291,7 +314,7 @@ _COMPLETE = (
         service_requests=bindparam("p_requests", type_=Task.__table__.c.service_requests.type),
         service_task_id=bindparam("p_service_task_id"),
     )
-    .returning(Task.id, Task.tenant_id)
+    .returning(Task.id, Task.tenant_id, Task.webhook_url)
     .execution_options(synchronize_session=False)
 )
 _COMPLETE_PG = _with_event(_COMPLETE, S.COMPLETED, "completed")
@@ -329,6 +352,8 @@ def complete_unchanged(
     row = conn.execute(_COMPLETE, params).first()
     if row is None:
         return False
-    tenant = row.tenant_id
-    _insert_event(conn, task_id, tenant, EventType.TASK_STATUS, S.COMPLETED.value, "completed", transition_data)
+    tenant, notify = row.tenant_id, row.webhook_url is not None
+    _insert_event(
+        conn, task_id, tenant, EventType.TASK_STATUS, S.COMPLETED.value, "completed", transition_data, notify=notify
+    )
     return True

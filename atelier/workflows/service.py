@@ -24,6 +24,8 @@ from atelier.core.auth import Principal, Role
 from atelier.core.db import lock_for_write
 from atelier.core.errors import ConflictError, InvalidInputError, NotFoundError
 from atelier.core.time import utcnow
+from atelier.delivery.outbox import workflow_finished
+from atelier.delivery.signing import check_webhook_url
 from atelier.storage.service import TenantStorage
 from atelier.tasks.enums import OUTPUT_PREFIX, TERMINAL_STATUSES, ProviderType, TaskStatus, TaskType
 from atelier.tasks.models import Task
@@ -95,6 +97,7 @@ class WorkflowService:
     def create(self, body: CreateWorkflow, *, start: bool) -> Workflow:
         """Validate the whole DAG (422 naming the step and field; nothing written), store it, maybe start it."""
         self.principal.require_write()
+        check_webhook_url(body.webhook_url, self.rt.settings, loc=("body", "webhook_url"))
         step_specs = [
             planner.StepSpec(
                 step_id=s.id,
@@ -248,6 +251,7 @@ class WorkflowService:
         """PATCH name/description/webhook_url."""
         self.principal.require_write()
         workflow = self.get(workflow_id, for_update=True)
+        check_webhook_url(body.webhook_url, self.rt.settings, loc=("body", "webhook_url"))
         for key, value in body.model_dump(exclude_unset=True).items():
             if key == "name" and value is None:
                 raise InvalidInputError("name cannot be null", loc=("body", "name"))
@@ -288,7 +292,7 @@ class WorkflowService:
             if step.status in (StepStatus.PENDING.value, StepStatus.RUNNING.value):
                 step.status = StepStatus.CANCELLED.value
                 step.completed_at = step.updated_at = now
-        _summarise(workflow, WorkflowStatus.CANCELLED, [], now)
+        _summarise(self.session, self.rt, workflow, WorkflowStatus.CANCELLED, [], now)
         self.session.flush()
         return workflow
 
@@ -402,6 +406,10 @@ def task_body(step: dict[str, Any], inputs: dict[str, Any], workflow: Workflow |
     if fallback:
         body["fallback_provider_type"] = fallback.value if isinstance(fallback, ProviderType) else fallback
     if workflow is not None:
+        # suppress_subtask_events: step tasks send no webhooks; otherwise they report to the workflow's URL
+        # unless the step names its own.
+        own = body.get("webhook_url")
+        body["webhook_url"] = None if workflow.suppress_subtask_events else (own or workflow.webhook_url)
         body["origin_instance"] = workflow.origin_instance
         for key in ("origin_zone", "origin_tenant_id", "origin_reference"):
             if getattr(workflow, key) is not None:
@@ -449,7 +457,7 @@ def advance(session: Session, runtime: Runtime, workflow: Workflow) -> None:
                 _fail_step(step, f"could not start: {_message(exc)}", now)
         if not (result.skipped or result.errors or result.ready):
             break
-    _summarise(workflow, result.status, result.failed_steps, now)
+    _summarise(session, runtime, workflow, result.status, result.failed_steps, now)
 
 
 def _start_step(
@@ -481,7 +489,9 @@ def _message(exc: Exception) -> str:
     return str(exc)
 
 
-def _summarise(workflow: Workflow, status: WorkflowStatus, failed: list[str], now: Any) -> None:
+def _summarise(
+    session: Session, runtime: Runtime, workflow: Workflow, status: WorkflowStatus, failed: list[str], now: Any
+) -> None:
     done = sum(1 for s in workflow.steps if s.status in {x.value for x in STEP_TERMINAL})
     workflow.completed_steps = sum(1 for s in workflow.steps if s.status == StepStatus.COMPLETED.value)
     workflow.progress = round(done / workflow.total_steps, 4) if workflow.total_steps else 1.0
@@ -498,6 +508,7 @@ def _summarise(workflow: Workflow, status: WorkflowStatus, failed: list[str], no
             reasons = [f"step {sid!r} failed: {by_id[sid].error_message or 'no reason given'}" for sid in failed]
             workflow.error_message = reasons[0]
             workflow.errors = [*(workflow.errors or []), *reasons]
+        workflow_finished(session, workflow, runtime.settings.webhooks.retry_window_seconds)
 
 
 def on_task_finished(session: Session, task: Task) -> None:

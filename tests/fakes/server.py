@@ -21,9 +21,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve(app: Any) -> Iterator[str]:
+def serve(app: Any, port: int | None = None) -> Iterator[str]:
     """Serve ``app`` until the block ends; yields its base URL (``http://127.0.0.1:<port>``)."""
-    port = free_port()
+    port = port or free_port()
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"fake-{port}", daemon=True)
@@ -48,8 +48,8 @@ FakeT = TypeVar("FakeT", bound=_Fake)
 
 
 @contextmanager
-def serve_fake(fake: FakeT, create_app: Callable[[FakeT], Any]) -> Iterator[FakeT]:
+def serve_fake(fake: FakeT, create_app: Callable[[FakeT], Any], port: int | None = None) -> Iterator[FakeT]:
     """Serve ``create_app(fake)`` until the block ends, with ``fake.base_url`` pointing at it."""
-    with serve(create_app(fake)) as url:
+    with serve(create_app(fake), port) as url:
         fake.base_url = url
         yield fake

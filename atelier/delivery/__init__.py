@@ -1,0 +1,1 @@
+"""Delivery to clients: the webhook outbox, signed delivery with retries, the delivery log."""
