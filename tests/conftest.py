@@ -86,12 +86,14 @@ class Api:
         count: int = response.json()["count"]
         return count
 
-    def wait(self, task_id: str, statuses: set[str] | None = None, timeout: float = 20.0) -> dict[str, Any]:
+    def wait(
+        self, task_id: str, statuses: set[str] | None = None, timeout: float = 20.0, tenant: str = "acme"
+    ) -> dict[str, Any]:
         """Poll until the task reaches one of ``statuses`` (default: terminal)."""
         wanted = statuses or TERMINAL
         deadline = time.monotonic() + timeout
         while True:
-            task = self.get(task_id)
+            task = self.get(task_id, tenant)
             if task["status"] in wanted:
                 return task
             if time.monotonic() > deadline:

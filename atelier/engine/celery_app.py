@@ -118,7 +118,7 @@ def publisher(app: Celery, settings: Settings) -> Callable[[Dispatch], None]:
     inverted = broker_kind(str(app.conf.broker_url)) == "redis"  # Redis consumes level 0 first
 
     def publish(item: Dispatch) -> None:
-        band = message_priority(item.priority)
+        band = message_priority(item.priority, bursting=item.bursting)
         name = queue_name(settings, item.queue)
         app.send_task(
             RUN_TASK,

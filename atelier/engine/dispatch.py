@@ -25,6 +25,7 @@ class Dispatch:
     priority: int
     message_id: str
     countdown: float | None = None
+    bursting: bool = False  # its tenant is over its fair share of waiting tasks
 
 
 def enqueue(session: Session, dispatch: Dispatch) -> None:
@@ -38,9 +39,13 @@ def take_failures(session: Session) -> list[Dispatch]:
     return failed
 
 
-def message_priority(task_priority: int) -> int:
-    """Map the task priority (higher = sooner) to the broker's 0..9 band."""
-    return max(0, min(9, task_priority))
+def message_priority(task_priority: int, *, bursting: bool = False) -> int:
+    """Map the task priority (higher = sooner) to the broker's 0..9 band.
+
+    Priorities 0..8 map to bands 1..9, or to 0..8 when the task's tenant is bursting: of two tasks with the same
+    priority, the bursting tenant's waits behind the other's (fairness), while a higher priority still wins.
+    """
+    return max(0, min(8, task_priority)) + (0 if bursting else 1)
 
 
 def install_outbox(factory: sessionmaker[Session], publish: Callable[[Dispatch], None]) -> None:

@@ -17,7 +17,7 @@ from atelier.core.db import session_scope, try_leadership
 from atelier.core.runtime import Runtime
 from atelier.core.time import utcnow
 from atelier.engine.dispatch import enqueue
-from atelier.tasks import repository
+from atelier.tasks import lifetimes, repository
 from atelier.tasks.enums import ErrorCategory, TaskStatus
 from atelier.tasks.execution import dispatch_for
 from atelier.tasks.models import Task
@@ -38,6 +38,9 @@ class SweepReport:
     resumed: int = 0
     failed: int = 0
     expired_keys: int = 0
+    queue_timeouts: int = 0
+    run_timeouts: int = 0
+    purged: int = 0
 
 
 def _no_live_message(task: Task, republish_before: datetime) -> bool:
@@ -49,7 +52,8 @@ def _no_live_message(task: Task, republish_before: datetime) -> bool:
 def sweep(runtime: Runtime) -> SweepReport:
     """One pass: lost PENDING messages are republished, expired leases resumed or failed (WORKER_LOST).
 
-    It also deletes up to ``BATCH`` expired ``Idempotency-Key`` rows (the oldest first).
+    It also deletes up to ``BATCH`` expired ``Idempotency-Key`` rows (the oldest first), cancels tasks past their
+    queue-wait deadline, fails attempts past their run timeout and purges tasks past their retention.
     """
     settings = runtime.settings
     now = utcnow()
@@ -70,8 +74,20 @@ def sweep(runtime: Runtime) -> SweepReport:
                 enqueue(session, dispatch_for(task))  # the claim takes it over as a resume
                 resumed += 1
         expired_keys = idempotency.delete_expired(session, now=now, limit=BATCH)
-    report = SweepReport(ran=True, republished=len(stale), resumed=resumed, failed=failed, expired_keys=expired_keys)
-    if stale or resumed or failed or expired_keys:
+        queue_timeouts = lifetimes.expire_overdue(session, now, BATCH)
+        run_timeouts = lifetimes.fail_overruns(session, now, BATCH)
+        purged = lifetimes.purge_expired(session, runtime.storage, now, BATCH)
+    report = SweepReport(
+        ran=True,
+        republished=len(stale),
+        resumed=resumed,
+        failed=failed,
+        expired_keys=expired_keys,
+        queue_timeouts=queue_timeouts,
+        run_timeouts=run_timeouts,
+        purged=purged,
+    )
+    if any((stale, resumed, failed, expired_keys, queue_timeouts, run_timeouts, purged)):
         log.info("reaper: %s", report)
     return report
 

@@ -18,6 +18,7 @@ from atelier.core.errors import NotFoundError
 from atelier.core.runtime import Runtime
 from atelier.status.views import v1_job, v2_status, workflow_v1_job, workflow_v2_status
 from atelier.storage.service import TenantStorage
+from atelier.tasks.lifetimes import check_not_expired
 from atelier.tasks.service import read_task
 from atelier.tasks.views import base_url, to_public
 from atelier.workflows.models import Workflow
@@ -69,6 +70,7 @@ async def get_status(request_id: str, rt: RuntimeDep, principal: StatusPrincipal
         storage = TenantStorage(rt.storage, principal.tenant)
         task = _find(rt, principal, request_id)
         if task is not None:
+            check_not_expired(task)
             return v2_status(task, storage, base)
         workflow = _find_workflow(rt, principal, request_id)
         return None if workflow is None else workflow_v2_status(workflow, storage, base)
@@ -91,6 +93,7 @@ async def get_job(id: str, rt: RuntimeDep, principal: StatusPrincipalDep, reques
             if workflow is None:
                 raise NotFoundError(f"job {id} not found")
             return workflow_v1_job(workflow, TenantStorage(rt.storage, principal.tenant), base)
+        check_not_expired(task)
         public = to_public(task, base).model_dump(mode="json")
         return v1_job(task, TenantStorage(rt.storage, principal.tenant), base, public)
 

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, File, Query, UploadFile
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
+from atelier.core.auth import Principal
 from atelier.core.deps import PrincipalDep, RuntimeDep
 from atelier.core.errors import NotFoundError
+from atelier.core.runtime import Runtime
 from atelier.storage.service import StoredObject, TenantStorage
 from atelier.storage.uploads import check_upload
+from atelier.tasks import repository
+from atelier.tasks.enums import OUTPUT_PREFIX
+from atelier.tasks.lifetimes import check_not_expired
 
 router = APIRouter(prefix="/api/v1/storage", tags=["Storage"])
 
@@ -67,11 +73,30 @@ def list_images(
     )
 
 
+_TASK_FOLDERS = frozenset(OUTPUT_PREFIX.values())
+
+
+def _require(rt: Runtime, principal: Principal, path: str) -> StoredObject:
+    """The object; a file of a task past its retention is 410 Gone (purged or not yet), never a plain 404."""
+    parts = path.strip("/").split("/")
+    if len(parts) >= 2 and parts[0] in _TASK_FOLDERS:
+        try:
+            task_id = uuid.UUID(parts[1])
+        except ValueError:
+            pass
+        else:
+            with rt.engine.connect() as conn:
+                task = repository.read_record(conn, principal.tenant, task_id)
+            if task is not None:
+                check_not_expired(task)
+    return TenantStorage(rt.storage, principal.tenant).require(path)
+
+
 @router.get("/images/{path:path}", summary="Get Image", response_model=None)
 def get_image(path: str, rt: RuntimeDep, principal: PrincipalDep) -> Response:
     """Return the image bytes, or redirect to the public/CDN URL when the backend has one."""
     storage = TenantStorage(rt.storage, principal.tenant)
-    obj = storage.require(path)
+    obj = _require(rt, principal, path)
     url = storage.public_url(obj.path)
     if url:
         return RedirectResponse(url, status_code=307)
@@ -82,7 +107,7 @@ def get_image(path: str, rt: RuntimeDep, principal: PrincipalDep) -> Response:
 @router.head("/images/{path:path}", summary="Check Image Exists", response_model=None)
 def head_image(path: str, rt: RuntimeDep, principal: PrincipalDep) -> Response:
     """200 with Content-Length/Content-Type when the image exists, 404 otherwise."""
-    obj = TenantStorage(rt.storage, principal.tenant).require(path)
+    obj = _require(rt, principal, path)
     return Response(
         status_code=200,
         headers={

@@ -87,7 +87,9 @@ async def get_generation_task(
 ) -> Response:
     """Get a generation task by ID."""
     base = base_url(rt, request)  # hot path: one thread hop, Core read, pre-serialised response
-    model = await run_in_threadpool(lambda: to_public(read_task(rt, principal, task_id, TaskType.GENERATION), base))
+    model = await run_in_threadpool(
+        lambda: to_public(read_task(rt, principal, task_id, TaskType.GENERATION), base, rt.engine)
+    )
     return json_response(model)
 
 
@@ -245,7 +247,7 @@ async def stream_task_events(
 async def get_task(task_id: uuid.UUID, rt: RuntimeDep, principal: PrincipalDep, request: Request) -> Response:
     """Get a task by ID."""
     base = base_url(rt, request)  # hot path: one thread hop, Core read, pre-serialised response
-    model = await run_in_threadpool(lambda: to_public(read_task(rt, principal, task_id), base))
+    model = await run_in_threadpool(lambda: to_public(read_task(rt, principal, task_id), base, rt.engine))
     return json_response(model)
 
 

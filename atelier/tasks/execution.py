@@ -38,6 +38,7 @@ from atelier.providers.base import (
 from atelier.providers.registry import config_model
 from atelier.storage.service import TenantStorage
 from atelier.tasks.enums import OUTPUT_PREFIX, ErrorCategory, EventType, ProviderType, TaskStatus, TaskType
+from atelier.tasks.lifetimes import expire_one
 from atelier.tasks.models import Task
 from atelier.tasks.transitions import claim, complete_unchanged, record_event, transition
 
@@ -51,6 +52,10 @@ log = logging.getLogger(__name__)
 
 class LeaseLostError(Exception):
     """Another worker took the task over (our lease expired); stop without recording anything."""
+
+
+class RunTimeoutError(Exception):
+    """The attempt ran past the task's run timeout (raised by ``ctx.check_cancelled``)."""
 
 
 @dataclass
@@ -71,13 +76,14 @@ class Plan:
     service_task_id: str | None
     fallback_active: bool = False
     workflow_id: str | None = None
+    run_timeout: float | None = None
 
 
 @dataclass
 class Outcome:
     """What the provider run produced."""
 
-    kind: str  # completed | cancelled | invalid | retryable | fatal | lease_lost
+    kind: str  # completed | cancelled | invalid | timeout | retryable | fatal | lease_lost
     message: str = ""
     category: ErrorCategory | None = None
     retry_after: float | None = None
@@ -86,12 +92,12 @@ class Outcome:
     requests: list[dict[str, Any]] = field(default_factory=list)
 
 
-def dispatch_for(task: Task, countdown: float | None = None) -> Dispatch:
+def dispatch_for(task: Task, countdown: float | None = None, *, bursting: bool = False) -> Dispatch:
     """The Celery message that runs ``task`` (its id is recorded as ``celery_task_id``)."""
     message_id = uuid.uuid4().hex
     task.celery_task_id = message_id
     task.dispatched_at = utcnow()
-    return Dispatch(task.id, task.queue_name, task.priority, message_id, countdown)
+    return Dispatch(task.id, task.queue_name, task.priority, message_id, countdown, bursting)
 
 
 def backoff_seconds(retry_count: int, base: float, cap: float, retry_after: float | None) -> float:
@@ -118,9 +124,15 @@ class TaskRunner:
         plan = retry_on_disconnect(lambda: self._claim(tid, owner, message_id))
         if plan is None:
             log.debug("task %s not claimable; message dropped", tid)
+            retry_on_disconnect(lambda: self._expire_if_overdue(tid))
             return
         outcome = self._execute(plan, owner)
         retry_on_disconnect(lambda: self._record(plan, owner, outcome))
+
+    def _expire_if_overdue(self, tid: uuid.UUID) -> None:
+        """A refused claim may be a task past its queue-wait deadline: cancel it now rather than at the next sweep."""
+        with session_scope(self.rt.sessions) as session:
+            expire_one(session, tid, utcnow())
 
     def _claim(self, tid: uuid.UUID, owner: str, message_id: str | None) -> Plan | None:
         tasks = self.rt.settings.tasks
@@ -144,6 +156,7 @@ class TaskRunner:
                 service_task_id=task.service_task_id,
                 fallback_active=use_fallback,
                 workflow_id=task.workflow_id,
+                run_timeout=task.run_timeout_seconds,
             )
 
     # ------------------------------------------------------------------------------------ provider call
@@ -157,6 +170,9 @@ class TaskRunner:
             outcome = Outcome("cancelled", "cancelled while running", ErrorCategory.CANCELLED)
         except LeaseLostError:
             outcome = Outcome("lease_lost")
+        except RunTimeoutError:
+            message = f"attempt exceeded its run timeout of {plan.run_timeout:g} s"
+            outcome = Outcome("timeout", message, ErrorCategory.TIMEOUT)
         except (InvalidInputError, ValidationError, ValueError) as exc:
             outcome = Outcome("invalid", f"invalid input: {exc}", ErrorCategory.INVALID_INPUT)
         except ProviderRetryableError as exc:
@@ -185,7 +201,7 @@ class TaskRunner:
             )
         provider = self.rt.providers.get(plan.provider_type, plan.task_type)
         config = config_model(plan.provider_type).model_validate(plan.provider_config or {})
-        probe = _Probe(self.rt, plan.task_id, owner)
+        probe = _Probe(self.rt, plan.task_id, owner, plan.run_timeout)
         ctx = self._context(plan, probe, config, requests)
         with _Heartbeat(probe, self._heartbeat_interval()):
             return provider.run(ctx)
@@ -266,6 +282,7 @@ class TaskRunner:
                 task_data={**plan.inputs, **outcome.result.outputs},
                 service_requests=[*plan.service_requests, *outcome.requests],
                 service_task_id=outcome.result.service_task_id or plan.service_task_id,
+                retention_seconds=self.rt.settings.tasks.retention_seconds,
             )
 
     def _apply(self, session: Session, task: Task, outcome: Outcome) -> None:
@@ -275,7 +292,7 @@ class TaskRunner:
             transition(session, task, TaskStatus.COMPLETED, message="completed")
         elif outcome.kind == "cancelled" or task.cancel_requested:
             transition(session, task, TaskStatus.CANCELLED, message="cancelled", category=ErrorCategory.CANCELLED)
-        elif outcome.kind == "invalid":
+        elif outcome.kind in ("invalid", "timeout"):  # neither is retried nor handed to the fallback
             transition(session, task, TaskStatus.FAILED, message=outcome.message, category=outcome.category)
         else:
             self._retry_or_fail(session, task, outcome)
@@ -356,7 +373,7 @@ class _Probe:
 
     PROGRESS_INTERVAL = 0.5  # seconds between progress writes; a fast task writes none
 
-    def __init__(self, runtime: Runtime, task_id: uuid.UUID, owner: str) -> None:
+    def __init__(self, runtime: Runtime, task_id: uuid.UUID, owner: str, run_timeout: float | None = None) -> None:
         self.rt = runtime
         self.task_id = task_id
         self.owner = owner
@@ -364,6 +381,7 @@ class _Probe:
         self.cancelled = False
         # The claim has just checked the flag: the first poll is due one interval from now.
         self._last_check = self._last_progress = time.monotonic()
+        self.deadline = self._last_check + run_timeout if run_timeout else None
 
     def beat(self) -> None:
         """Extend the lease (the heartbeat thread calls this while the provider runs)."""
@@ -389,6 +407,8 @@ class _Probe:
             raise LeaseLostError()
         if self.cancelled:
             raise TaskCancelledError()
+        if self.deadline is not None and now > self.deadline:
+            raise RunTimeoutError()
 
     def save_remote(self, remote_id: str, config: dict[str, Any] | None, fallback_active: bool) -> None:
         """Persist the remote job id now, so that a worker that dies mid-poll leaves it to its successor."""

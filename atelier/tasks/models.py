@@ -75,6 +75,7 @@ class Task(Base):
     # per attempt (→ FAILED, TIMEOUT) and the retention purge marker (files gone, reads answer 410).
     queue_deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     run_timeout_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    attempt_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)  # set by each claim
     purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
 

@@ -363,6 +363,19 @@ class TaskPublicBase(BaseModel):
     deleted_at: datetime | None = None
     request_id: str | None = Field(None, description="Id for GET /v2/status/{request_id}")
     status_url: str | None = Field(None, description="Absolute URL of this task's status")
+    queue_deadline_at: datetime | None = Field(
+        None, description="Queue-wait deadline: not started by then → CANCELLED with QUEUE_TIMEOUT"
+    )
+    run_timeout_seconds: float | None = Field(None, description="Longest one attempt may run (→ FAILED, TIMEOUT)")
+    expires_at: datetime | None = Field(
+        None, description="When a finished task's results are purged (retention); afterwards reads answer 410 Gone"
+    )
+    queue_position: int | None = Field(
+        None, description="While PENDING (single-task reads): tasks of the same queue expected to start first"
+    )
+    eta_seconds: float | None = Field(
+        None, description="While PENDING (single-task reads): estimated seconds until it finishes, from recent runs"
+    )
 
 
 class GenerationTaskPublic(TaskPublicBase):

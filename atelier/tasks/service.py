@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -18,7 +19,7 @@ from atelier.delivery.signing import check_webhook_url
 from atelier.engine.dispatch import enqueue, take_failures
 from atelier.providers.registry import DEFAULT_PROVIDER, config_model, queue_for
 from atelier.storage.service import TenantStorage
-from atelier.tasks import repository
+from atelier.tasks import admission, lifetimes, repository
 from atelier.tasks.enums import (
     OUTPUT_PREFIX,
     TERMINAL_STATUSES,
@@ -80,6 +81,7 @@ def read_task(
     if task is None or (task_type is not None and task.task_type != task_type.value):
         kind = f"{task_type.value.lower()} task" if task_type else "task"
         raise NotFoundError(f"{kind} {task_id} not found")
+    lifetimes.check_not_expired(task)
     return task
 
 
@@ -94,9 +96,23 @@ class TaskService:
 
     # ------------------------------------------------------------------------------------ create
 
-    def create(self, body: TaskCreateBase) -> Task:
-        """Validate everything, store inline inputs, insert the PENDING row and publish after commit."""
+    def create(self, body: TaskCreateBase, *, admit: bool = True) -> Task:
+        """Validate everything, store inline inputs, insert the PENDING row and publish after commit.
+
+        ``admit``: apply the tenant's rate limit and cap (429); workflow steps are admitted with their workflow.
+        """
         self.principal.require_write()
+        settings = self.rt.settings
+        now = utcnow()
+        timeouts = lifetimes.limits_from(
+            body.config,
+            {
+                "queue_timeout_seconds": settings.tasks.queue_timeout_seconds,
+                "run_timeout_seconds": settings.tasks.run_timeout_seconds,
+            },
+        )
+        if admit:
+            admission.admit(self.session, settings.limits, self.principal.tenant, now)
         task_type = TaskType(getattr(body, "task_type"))  # noqa: B009 - every concrete create model has it
         provider = body.provider_type or DEFAULT_PROVIDER.get(task_type)
         provider_config = validate_provider_config(provider, body.provider_config, "provider_config")
@@ -135,10 +151,15 @@ class TaskService:
             max_retries=self._max_retries(body.config),
             errors=[],
             service_requests=[],
+            queue_deadline_at=_after(now, timeouts["queue_timeout_seconds"]),
+            run_timeout_seconds=timeouts["run_timeout_seconds"],
+            created_at=now,
+            updated_at=now,
         )
+        bursting = admission.bursting(self.session, settings.limits, self.principal.tenant)
         self.session.add(task)
         record_event(self.session, task, EventType.TASK_CREATED, data={"task_type": task_type.value})
-        enqueue(self.session, dispatch_for(task))
+        enqueue(self.session, dispatch_for(task, bursting=bursting))
         self.session.flush()
         return task
 
@@ -295,6 +316,10 @@ class TaskService:
 
     def _delete_files(self, task: Task) -> list[str]:
         return self.storage.delete_prefix(f"{OUTPUT_PREFIX[TaskType(task.task_type)]}/{task.id}")
+
+
+def _after(start: datetime, seconds: float | None) -> datetime | None:
+    return start + timedelta(seconds=seconds) if seconds else None
 
 
 def _pt(value: str | None) -> ProviderType | None:

@@ -104,14 +104,23 @@ def transition(
     task.updated_at = now
     if to in TERMINAL_STATUSES:
         _finish(task, to, now, message, category)
+        task.expires_at = expiry(session, now)
     elif to is S.PENDING:
         _requeue(task, current, not_before, message, category)
+        task.expires_at = None
     elif to is S.EXECUTING and task.started_at is None:
         task.started_at = now
     record_event(session, task, EventType.TASK_STATUS, message, {"from": current.value, "to": to.value})
     if to in TERMINAL_STATUSES and task.workflow_id:
         for hook in TERMINAL_HOOKS:
             hook(session, task)
+
+
+def expiry(session: Session, finished: datetime) -> datetime | None:
+    """When a task finishing at ``finished`` expires (``tasks.retention_seconds`` of the session's runtime)."""
+    runtime = session.info.get("runtime")
+    retention = runtime.settings.tasks.retention_seconds if runtime is not None else None
+    return finished + timedelta(seconds=retention) if retention else None
 
 
 def _finish(task: Task, to: TaskStatus, now: datetime, message: str | None, category: ErrorCategory | None) -> None:
@@ -175,6 +184,7 @@ CLAIM_COLUMNS = tuple(
         "resume_attempt_count",
         "workflow_id",
         "webhook_url",
+        "run_timeout_seconds",
     )
 )
 
@@ -189,7 +199,9 @@ def _claim_statement() -> Any:
         Task.resume_attempt_count < bindparam("p_max_resumes"),
     )
     # A small grace: broker timers may fire an ETA message a few milliseconds before ``not_before``.
-    due = and_(Task.status == S.PENDING.value, or_(Task.not_before.is_(None), Task.not_before <= grace))
+    # A task that never started and is past its queue-wait deadline is not run (it is cancelled instead).
+    in_time = or_(Task.queue_deadline_at.is_(None), Task.queue_deadline_at > now, Task.started_at.is_not(None))
+    due = and_(Task.status == S.PENDING.value, or_(Task.not_before.is_(None), Task.not_before <= grace), in_time)
     resumed = Task.status == S.EXECUTING.value
     # Only the task's latest message may claim it (``celery_task_id``): a re-prioritised or re-published task's
     # older messages are dropped, so a lowered priority really waits. Without a message id, any message may.
@@ -208,6 +220,7 @@ def _claim_statement() -> Any:
             lease_owner=bindparam("p_owner"),
             lease_expires_at=bindparam("p_lease"),
             heartbeat_at=now,
+            attempt_started_at=now,
             executor_type="celery",
             executor_instance=bindparam("p_owner"),
             attempt=Task.attempt + 1,
@@ -313,6 +326,7 @@ _COMPLETE = (
         task_data=bindparam("p_task_data", type_=Task.__table__.c.task_data.type),
         service_requests=bindparam("p_requests", type_=Task.__table__.c.service_requests.type),
         service_task_id=bindparam("p_service_task_id"),
+        expires_at=bindparam("p_expires_at"),
     )
     .returning(Task.id, Task.tenant_id, Task.webhook_url)
     .execution_options(synchronize_session=False)
@@ -329,6 +343,7 @@ def complete_unchanged(
     task_data: dict[str, Any],
     service_requests: list[dict[str, Any]],
     service_task_id: str | None,
+    retention_seconds: float | None = None,
 ) -> bool:
     """EXECUTING → COMPLETED in one statement, only if nothing wrote the row since ``version`` (the claim).
 
@@ -344,6 +359,7 @@ def complete_unchanged(
         "p_task_data": task_data,
         "p_requests": service_requests,
         "p_service_task_id": service_task_id,
+        "p_expires_at": now + timedelta(seconds=retention_seconds) if retention_seconds else None,
     }
     transition_data = {"from": S.EXECUTING.value, "to": S.COMPLETED.value}
     if single_statement_events(conn):

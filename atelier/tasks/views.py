@@ -6,16 +6,19 @@ from types import SimpleNamespace
 from typing import Any
 
 from fastapi import Request
+from sqlalchemy import Engine
 
 from atelier.core.runtime import Runtime
-from atelier.tasks.enums import TaskType
+from atelier.tasks.enums import TaskStatus, TaskType
 from atelier.tasks.models import Task
+from atelier.tasks.queue import estimate
 from atelier.tasks.schemas import PUBLIC_MODELS, TaskPublicBase
 
 # A task as an ORM object or as a plain record read with Core (same attribute names).
 TaskRecord = Task | SimpleNamespace
 
-ROW_FIELDS = tuple(name for name in TaskPublicBase.model_fields if name not in {"request_id", "status_url"})
+COMPUTED_FIELDS = frozenset({"request_id", "status_url", "queue_position", "eta_seconds"})
+ROW_FIELDS = tuple(name for name in TaskPublicBase.model_fields if name not in COMPUTED_FIELDS)
 
 
 def base_url(runtime: Runtime, request: Request) -> str:
@@ -39,8 +42,10 @@ def task_fields(task: TaskRecord) -> dict[str, Any]:
     return data
 
 
-def to_public(task: TaskRecord, base: str) -> TaskPublicBase:
-    """The type-specific public model of a task."""
+def to_public(task: TaskRecord, base: str, engine: Engine | None = None) -> TaskPublicBase:
+    """The type-specific public model of a task; with ``engine``, a PENDING task's queue position and ETA too."""
     data = task_fields(task)
     data.update(request_id=str(task.id), status_url=status_url(base, task))
+    if engine is not None and task.status == TaskStatus.PENDING.value:
+        data["queue_position"], data["eta_seconds"] = estimate(engine, task)
     return PUBLIC_MODELS[TaskType(task.task_type)].model_validate(data)

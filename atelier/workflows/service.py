@@ -466,7 +466,7 @@ def _start_step(
     body = _TASK_CREATE.validate_python(task_body(_step_dict(step), inputs, workflow))
     actor = Principal(subject=f"workflow:{workflow.id}", tenant=workflow.tenant_id, role=Role.SERVICE)
     with session.begin_nested():  # a step whose inputs are refused leaves nothing behind
-        task = TaskService(session, runtime, actor).create(body)
+        task = TaskService(session, runtime, actor).create(body, admit=False)
         task.workflow_id = str(workflow.id)
     now = utcnow()
     step.task_id = task.id

@@ -91,6 +91,7 @@ def test_every_status_has_an_entry() -> None:
 class _FakeSession:
     def __init__(self) -> None:
         self.events: list[dict[str, object]] = []
+        self.info: dict[str, object] = {}  # no runtime: no retention
 
     def execute(self, _statement: object, params: dict[str, object]) -> None:
         self.events.append(params)

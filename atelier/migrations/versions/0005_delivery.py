@@ -100,6 +100,7 @@ def upgrade() -> None:
     with op.batch_alter_table("tasks", schema=None) as batch_op:
         batch_op.add_column(sa.Column("queue_deadline_at", atelier.core.db.UTCDateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column("run_timeout_seconds", sa.Float(), nullable=True))
+        batch_op.add_column(sa.Column("attempt_started_at", atelier.core.db.UTCDateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column("purged_at", atelier.core.db.UTCDateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column("expires_at", atelier.core.db.UTCDateTime(timezone=True), nullable=True))
         batch_op.create_index(batch_op.f("ix_tasks_expires_at"), ["expires_at"], unique=False)
@@ -117,6 +118,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_tasks_expires_at"))
         batch_op.drop_column("expires_at")
         batch_op.drop_column("purged_at")
+        batch_op.drop_column("attempt_started_at")
         batch_op.drop_column("run_timeout_seconds")
         batch_op.drop_column("queue_deadline_at")
 
