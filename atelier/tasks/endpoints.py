@@ -37,18 +37,6 @@ StatusQ = Annotated[TaskStatus | None, Query(description="Filter by status")]
 OriginInstance = Annotated[str | None, Query(description="Filter by origin instance")]
 OriginZone = Annotated[str | None, Query(description="Filter by origin zone")]
 OriginTenant = Annotated[str | None, Query(description="Filter by origin tenant ID")]
-PreferHeader = Annotated[
-    str | None,
-    Header(
-        alias="Prefer",
-        description="Optional, RFC 7240. `wait=N` (whole seconds, N > 0): answer once the task is finished "
-        "(COMPLETED, FAILED or CANCELLED) or after N seconds, whichever comes first; N is capped at "
-        "`ATELIER_SERVER__MAX_SYNC_WAIT_SECONDS` (0 there disables waiting). A finished task is answered with "
-        "`Preference-Applied: wait=<seconds applied>`; otherwise the task is answered as it is then, without that "
-        "header (poll `status_url` or stream `/api/v1/tasks/{id}/events`). Other preferences and a malformed `wait` "
-        "are ignored. Idempotent replays wait the same way.",
-    ),
-]
 LastEventIdHeader = Annotated[
     str | None,
     Header(
@@ -134,7 +122,8 @@ async def create_task(
     request: Request,
     response: Response,
     idempotency_key: IdempotencyKeyHeader = None,
-    prefer: PreferHeader = None,
+    prefer: events_stream.PreferHeader = None,
+    sync: events_stream.SyncQuery = False,
 ) -> TaskPublicBase:
     """Create and start a new task. The response carries ``request_id``/``status_url`` and a Location header.
 
@@ -169,8 +158,8 @@ async def create_task(
         return to_public(task, base)
 
     task = await run_in_threadpool(submit)
-    # Every Prefer header counts (RFC 7240); the declared parameter documents it, FastAPI would keep only the first.
-    wait = events_stream.applied_wait(request.headers.getlist("prefer"), rt.settings.server.max_sync_wait_seconds)
+    # The declared Prefer parameter documents the header; every Prefer header counts, FastAPI keeps only the first.
+    wait = events_stream.requested_wait(request, rt.settings.server.max_sync_wait_seconds, sync=sync)
     if wait is None:
         return task
     finished = task.status in TERMINAL_STATUSES  # a replay may answer a finished task at once

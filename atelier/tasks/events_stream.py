@@ -17,13 +17,13 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import SimpleNamespace
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
-from fastapi import Request
+from fastapi import Header, Query, Request
 from pydantic import BaseModel
 from sqlalchemy import Engine, Row, bindparam, select
 from starlette.concurrency import run_in_threadpool
@@ -35,6 +35,8 @@ from atelier.core.time import utcnow
 from atelier.tasks.enums import TERMINAL_STATUSES, EventType, TaskStatus
 from atelier.tasks.models import Task, TaskEvent
 from atelier.tasks.service import read_task
+
+T = TypeVar("T")
 
 # --------------------------------------------------------------------------------------------- Prefer: wait=N
 
@@ -88,6 +90,36 @@ def wait_preference(headers: Iterable[str]) -> int | None:
     return None
 
 
+PreferHeader = Annotated[
+    str | None,
+    Header(
+        alias="Prefer",
+        description="Optional, RFC 7240. `wait=N` (whole seconds, N > 0): answer once the task (or workflow) is "
+        "finished (COMPLETED, FAILED or CANCELLED) or after N seconds, whichever comes first; N is capped at "
+        "`ATELIER_SERVER__MAX_SYNC_WAIT_SECONDS` (0 there disables waiting). A finished one is answered with "
+        "`Preference-Applied: wait=<seconds applied>`; otherwise it is answered as it is then, without that "
+        "header (poll `status_url` or stream `/api/v1/tasks/{id}/events`). Other preferences and a malformed `wait` "
+        "are ignored. Idempotent replays wait the same way.",
+    ),
+]
+SyncQuery = Annotated[
+    bool,
+    Query(
+        description="Bria-style sync mode: `sync=true` is `Prefer: wait=<ATELIER_SERVER__MAX_SYNC_WAIT_SECONDS>` (an "
+        "explicit `Prefer: wait` wins). The answer is the finished resource, or — if it did not finish in time — the "
+        "usual async answer with `request_id`/`status_url`: the id is never lost."
+    ),
+]
+
+
+def requested_wait(request: Request, max_seconds: int, *, sync: bool = False) -> int | None:
+    """Seconds this create should wait: ``Prefer: wait=N`` (capped), else the cap when ``sync``; None: no wait."""
+    wait = applied_wait(request.headers.getlist("prefer"), max_seconds)  # every Prefer header counts (RFC 7240)
+    if wait is None and sync and max_seconds > 0:
+        return max_seconds
+    return wait
+
+
 def applied_wait(headers: Iterable[str], max_seconds: int) -> int | None:
     """How long a create waits: the client's ``wait`` capped at ``max_seconds``; ``None``: no wait (0 disables)."""
     wanted = wait_preference(headers)
@@ -96,30 +128,42 @@ def applied_wait(headers: Iterable[str], max_seconds: int) -> int | None:
     return min(wanted, max_seconds)
 
 
-async def wait_for_terminal(
-    runtime: Runtime, principal: Principal, task_id: uuid.UUID, request: Request, seconds: float
-) -> tuple[SimpleNamespace | None, bool]:
-    """Poll the task until it is finished, ``seconds`` have passed or the client disconnected.
+async def wait_until(
+    read: Callable[[], T], finished: Callable[[T], bool], request: Request, seconds: float
+) -> tuple[T | None, bool]:
+    """Poll ``read`` until ``finished``, ``seconds`` have passed or the client disconnected.
 
-    Returns the last record read (``None`` when none was; a task deleted meanwhile ends the wait) and whether it is
-    terminal. Each read is one thread-pool hop with its own short-lived connection; the sleeps in between hold nothing.
+    Returns the last value read (``None`` when none was; a resource deleted meanwhile ends the wait) and whether it
+    is finished. Each read is one thread-pool hop with its own short-lived connection; the sleeps hold nothing.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     delay = WAIT_FIRST_POLL_SECONDS
-    latest: SimpleNamespace | None = None
+    latest: T | None = None
     while (remaining := deadline - loop.time()) > 0:
         await asyncio.sleep(min(delay, remaining))
         delay = min(delay * _BACKOFF, WAIT_MAX_POLL_SECONDS)
         if await request.is_disconnected():
             break
         try:
-            latest = await run_in_threadpool(read_task, runtime, principal, task_id)
+            latest = await run_in_threadpool(read)
         except NotFoundError:  # deleted while we waited: answer what we had
             break
-        if TaskStatus(latest.status) in TERMINAL_STATUSES:
+        if finished(latest):
             return latest, True
     return latest, False
+
+
+async def wait_for_terminal(
+    runtime: Runtime, principal: Principal, task_id: uuid.UUID, request: Request, seconds: float
+) -> tuple[SimpleNamespace | None, bool]:
+    """Poll the task until it is finished (see ``wait_until``)."""
+    return await wait_until(
+        lambda: read_task(runtime, principal, task_id),
+        lambda task: TaskStatus(task.status) in TERMINAL_STATUSES,
+        request,
+        seconds,
+    )
 
 
 # --------------------------------------------------------------------------------------------- SSE

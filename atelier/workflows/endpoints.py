@@ -5,11 +5,16 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from atelier.core import idempotency
+from atelier.core.auth import Principal
+from atelier.core.db import session_scope
 from atelier.core.deps import PrincipalDep, RuntimeDep, SessionDep
 from atelier.core.idempotency import IdempotencyKeyHeader
+from atelier.core.runtime import Runtime
+from atelier.tasks import events_stream
 from atelier.workflows.planner import WorkflowStatus
 from atelier.workflows.schemas import (
     CreateWorkflow,
@@ -25,37 +30,75 @@ CREATE_ENDPOINT = "POST /api/v1/workflows/"
 
 
 @router.post("/", summary="Create Workflow")
-def create_workflow(
+async def create_workflow(
     body: CreateWorkflow,
     session: SessionDep,
     rt: RuntimeDep,
     principal: PrincipalDep,
+    request: Request,
     response: Response,
     start: Annotated[bool, Query(description="Start the workflow immediately")] = True,
     idempotency_key: IdempotencyKeyHeader = None,
+    prefer: events_stream.PreferHeader = None,
+    sync: events_stream.SyncQuery = False,
 ) -> WorkflowPublic:
     """Create a workflow from a DAG of steps (validated whole: nothing is written on refusal); starts it by default.
 
     With an ``Idempotency-Key`` already used for the same request (body and ``start``), the first request's workflow
-    is answered as it is now (header ``Idempotent-Replayed: true``) and nothing is created.
+    is answered as it is now (header ``Idempotent-Replayed: true``) and nothing is created. With ``Prefer: wait=N``
+    (or ``sync=true``) the answer waits for the workflow to finish, as for tasks.
     """
-    service = WorkflowService(session, rt, principal)
-    claim = idempotency.claim(
-        session,
-        principal,
-        idempotency_key,
-        endpoint=CREATE_ENDPOINT,
-        resource_type="workflow",
-        body=body,
-        query={"start": start},
-        ttl_seconds=rt.settings.tasks.idempotency_ttl_seconds,
-    )
-    if claim.replay is not None:
-        return public(claim.replayed(service.get, response))
-    workflow = service.create(body, start=start)
-    claim.bind(workflow.id)
-    session.commit()  # the root steps' tasks are published after this commit
-    return public(workflow)
+
+    def submit() -> WorkflowPublic:  # the create as a sync unit of work, in the thread pool
+        service = WorkflowService(session, rt, principal)
+        claim = idempotency.claim(
+            session,
+            principal,
+            idempotency_key,
+            endpoint=CREATE_ENDPOINT,
+            resource_type="workflow",
+            body=body,
+            query={"start": start},
+            ttl_seconds=rt.settings.tasks.idempotency_ttl_seconds,
+        )
+        if claim.replay is not None:
+            workflow = claim.replayed(service.get, response)
+        else:
+            workflow = service.create(body, start=start)
+            claim.bind(workflow.id)
+        session.commit()  # the root steps' tasks are published after this commit; a wait below holds nothing
+        return public(workflow)
+
+    created = await run_in_threadpool(submit)
+    wait = events_stream.requested_wait(request, rt.settings.server.max_sync_wait_seconds, sync=sync)
+    if wait is None or not start:
+        return created
+    finished = is_finished(created)
+    if not finished:
+        workflow_id = created.id
+
+        def read() -> WorkflowPublic:
+            return read_workflow(rt, principal, workflow_id)
+
+        waited = await events_stream.wait_until(read, is_finished, request, wait)
+        created, finished = waited[0] or created, waited[1]
+    if finished:
+        response.headers[events_stream.PREFERENCE_APPLIED] = f"wait={wait}"
+    return created
+
+
+WORKFLOW_FINISHED = frozenset({WorkflowStatus.COMPLETED, WorkflowStatus.FAILED, WorkflowStatus.CANCELLED})
+
+
+def is_finished(workflow: WorkflowPublic) -> bool:
+    """Whether the workflow reached a final status."""
+    return workflow.status in WORKFLOW_FINISHED
+
+
+def read_workflow(rt: Runtime, principal: Principal, workflow_id: uuid.UUID) -> WorkflowPublic:
+    """The workflow as it is now, read in a session of its own (for waits outside the request's unit of work)."""
+    with session_scope(rt.sessions) as session:
+        return public(WorkflowService(session, rt, principal).get(workflow_id))
 
 
 @router.get("/", summary="List Workflows")

@@ -155,6 +155,38 @@ def test_idempotent_replay_honours_the_wait(api: Api) -> None:
     assert same["id"] == created["id"]
 
 
+def test_bria_sync_true_waits_up_to_the_cap(app_factory: AppFactory) -> None:
+    api = app_factory(server={"max_sync_wait_seconds": 30})
+    response = api.client.post(f"{TASKS}?sync=true", json=ADJUST, headers=api.headers())
+    assert response.status_code == 200 and response.json()["status"] == "COMPLETED"
+    assert response.headers[APPLIED] == "wait=30"
+    slow = api.client.post(
+        f"{TASKS}?sync=true",
+        json=generation(["slow"], slow_seconds=20),
+        headers=[*api.headers().items(), ("Prefer", "wait=1")],
+    )  # an explicit Prefer: wait wins over sync=true
+    assert slow.status_code == 200 and slow.json()["status"] in {"PENDING", "EXECUTING"} and APPLIED not in slow.headers
+    assert slow.json()["status_url"].endswith(slow.json()["id"])  # the id is never lost
+    api.client.post(f"{TASKS}{slow.json()['id']}/cancel", headers=api.headers())
+    plain = api.client.post(TASKS, json=ADJUST, headers=api.headers())
+    assert plain.json()["status"] == "PENDING" and APPLIED not in plain.headers  # async by default
+
+
+def test_workflow_create_waits_for_the_workflow(api: Api) -> None:
+    config = {"prompt": "a linen shirt", "config": {"script": ["ok"]}}
+    steps = [
+        {"id": "a", "task_type": "GENERATION", "config": config},
+        {"id": "b", "task_type": "GENERATION", "config": config, "depends_on": ["a"]},
+    ]
+    body = {"name": "wait", "origin_instance": "tests", "steps": steps}
+    response = api.client.post("/api/v1/workflows/", json=body, headers=[*api.headers().items(), ("Prefer", "wait=30")])
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "COMPLETED" and response.headers[APPLIED] == "wait=30"
+    assert all(step["status"] == "COMPLETED" for step in response.json()["steps"])
+    unstarted = api.client.post("/api/v1/workflows/?start=false&sync=true", json=body, headers=api.headers())
+    assert unstarted.json()["status"] == "PENDING" and APPLIED not in unstarted.headers  # nothing to wait for
+
+
 def test_applied_wait_parsing() -> None:
     assert events_stream.applied_wait(["wait=10"], 60) == 10
     assert events_stream.applied_wait(["wait=100"], 60) == 60
