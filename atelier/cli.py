@@ -91,6 +91,15 @@ def token(
     typer.echo(mint_token(settings.auth, tenant=tenant, role=role, subject=subject, ttl_seconds=ttl))
 
 
+@cli.command("webhook-secret")
+def webhook_secret() -> None:
+    """Print the webhook signing secrets in effect (configured ones, else the one derived from the JWT key)."""
+    from atelier.delivery.signing import secrets_of
+
+    for secret in secrets_of(Settings()):
+        typer.echo(secret)
+
+
 def main() -> None:
     """Console-script entry point."""
     cli()

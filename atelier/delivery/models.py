@@ -45,7 +45,7 @@ class WebhookDelivery(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     attempt_log: Mapped[list[WebhookAttempt]] = relationship(
-        back_populates="delivery", order_by="WebhookAttempt.attempt", cascade="all, delete-orphan", lazy="selectin"
+        back_populates="delivery", order_by="WebhookAttempt.attempt", cascade="all, delete-orphan", lazy="raise"
     )
 
     __table_args__ = (

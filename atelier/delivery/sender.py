@@ -28,6 +28,7 @@ from atelier import __version__
 from atelier.core.db import session_scope
 from atelier.core.errors import InvalidInputError, UnsafeURLError
 from atelier.core.inputs import FetchLimits, check_url
+from atelier.core.periodic import PeriodicThread
 from atelier.core.runtime import Runtime
 from atelier.core.time import utcnow
 from atelier.delivery.models import WebhookAttempt, WebhookDelivery
@@ -204,10 +205,11 @@ def record(runtime: Runtime, item: Claimed, outcome: AttemptResult) -> None:
             delivery.next_attempt_at = retry_at
 
 
-class WebhookLoop:
+class WebhookLoop(PeriodicThread):
     """Relay events and send due deliveries, in a daemon thread of ``atelier serve``."""
 
     def __init__(self, runtime: Runtime) -> None:
+        super().__init__("atelier-webhooks", runtime.settings.webhooks.poll_interval_seconds, self.tick)
         self.runtime = runtime
         self.settings = runtime.settings.webhooks
         self.keys = [key_bytes(s) for s in secrets_of(runtime.settings)]
@@ -215,18 +217,10 @@ class WebhookLoop:
         self._pool = ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="atelier-webhook")
         self._in_flight = 0
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="atelier-webhooks", daemon=True)
-
-    def start(self) -> None:
-        """Start the loop."""
-        self._thread.start()
 
     def stop(self) -> None:
         """Stop claiming, let in-flight deliveries finish (each bounded by the timeout), close the client."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=30)
+        super().stop()
         self._pool.shutdown(wait=True)
         self.client.close()
 
@@ -251,10 +245,3 @@ class WebhookLoop:
         finally:
             with self._lock:
                 self._in_flight -= 1
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.settings.poll_interval_seconds):
-            try:
-                self.tick()
-            except Exception:  # an outage must not kill the loop
-                log.warning("webhook loop round failed", exc_info=True)

@@ -6,7 +6,7 @@ import uuid
 from datetime import timedelta
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.sql.elements import ColumnElement
 
 from atelier.core.auth import Principal
@@ -67,7 +67,12 @@ class DeliveryService:
             where = where & (WebhookDelivery.state == state.value)
         total = self.session.scalar(select(func.count()).select_from(WebhookDelivery).where(where)) or 0
         rows = self.session.scalars(
-            select(WebhookDelivery).where(where).order_by(WebhookDelivery.id).offset(skip).limit(limit)
+            select(WebhookDelivery)
+            .where(where)
+            .options(selectinload(WebhookDelivery.attempt_log))
+            .order_by(WebhookDelivery.id)
+            .offset(skip)
+            .limit(limit)
         ).all()
         return WebhookDeliveryList(deliveries=[public(d) for d in rows], total=total, skip=skip, limit=limit)
 
@@ -77,7 +82,8 @@ class DeliveryService:
         """Send the delivery again now (same ``webhook-id``, a fresh retry window), whatever its state."""
         self.principal.require_write()
         where = self._scope(task_id=task_id, workflow_id=workflow_id) & (WebhookDelivery.id == delivery_id)
-        delivery = self.session.scalars(select(WebhookDelivery).where(where).with_for_update()).first()
+        stmt = select(WebhookDelivery).where(where).options(selectinload(WebhookDelivery.attempt_log))
+        delivery = self.session.scalars(stmt.with_for_update()).first()
         if delivery is None:
             raise NotFoundError(f"delivery {delivery_id} not found")
         now = utcnow()

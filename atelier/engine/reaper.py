@@ -8,12 +8,12 @@ works at a time and none does the same work twice; SQLite deployments have a sin
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from atelier.core import idempotency
 from atelier.core.db import session_scope, try_leadership
+from atelier.core.periodic import PeriodicThread
 from atelier.core.runtime import Runtime
 from atelier.core.time import utcnow
 from atelier.engine.dispatch import enqueue
@@ -92,27 +92,8 @@ def sweep(runtime: Runtime) -> SweepReport:
     return report
 
 
-class ReaperLoop:
-    """Run ``sweep`` every ``interval`` seconds in a daemon thread until stopped."""
+class ReaperLoop(PeriodicThread):
+    """Run ``sweep`` every ``reaper.interval_seconds`` in a daemon thread until stopped."""
 
     def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="atelier-reaper", daemon=True)
-
-    def start(self) -> None:
-        """Start sweeping."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop after the current sweep."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.runtime.settings.reaper.interval_seconds):
-            try:
-                sweep(self.runtime)
-            except Exception:  # an outage must not kill the loop; the next sweep retries
-                log.warning("reaper sweep failed", exc_info=True)
+        super().__init__("atelier-reaper", runtime.settings.reaper.interval_seconds, lambda: sweep(runtime))

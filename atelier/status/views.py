@@ -21,6 +21,8 @@ ERROR_CODES: dict[str, int] = {
     ErrorCategory.STORAGE_ERROR: 500,
     ErrorCategory.WORKER_LOST: 500,
     ErrorCategory.CANCELLED: 499,
+    ErrorCategory.QUEUE_TIMEOUT: 408,
+    ErrorCategory.TIMEOUT: 504,
     ErrorCategory.INTERNAL_ERROR: 500,
 }
 JOB_STATUS = {

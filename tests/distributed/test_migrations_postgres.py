@@ -1,4 +1,4 @@
-"""Alembic on PostgreSQL: from empty, step by step down (0004 → 0003 → 0002 → 0001), up again, down to base."""
+"""Alembic on PostgreSQL: from empty, step by step down (0005 → … → 0001), up again, down to base."""
 
 from __future__ import annotations
 
@@ -50,9 +50,23 @@ def _revision(url: str) -> str:
         engine.dispose()
 
 
+DELIVERY_COLUMNS = {"queue_deadline_at", "run_timeout_seconds", "attempt_started_at", "purged_at", "expires_at"}
+
+
 def test_upgrade_downgrade_upgrade(pg_url: str) -> None:
     upgrade(pg_url)
+    assert _revision(pg_url) == "0005"
+    assert {"webhook_deliveries", "webhook_attempts"} <= _tables(pg_url) and _columns(pg_url) >= DELIVERY_COLUMNS
+    assert _indexes(pg_url, "task_events")["ix_task_events_webhook_pending"] == (False, ("id",))
+    assert _indexes(pg_url, "tasks")["ix_tasks_queue_order"] == (
+        False,
+        ("status", "queue_name", "priority", "created_at"),
+    )
+    downgrade(pg_url, "-1")  # 0005 → 0004: the delivery tables and columns go
     assert _revision(pg_url) == "0004"
+    assert not {"webhook_deliveries", "webhook_attempts"} & _tables(pg_url)
+    assert not DELIVERY_COLUMNS & _columns(pg_url)
+    assert "ix_task_events_webhook_pending" not in _indexes(pg_url, "task_events")
     assert {"workflows", "workflow_steps", "idempotency_keys"} <= _tables(pg_url)
     indexes = _indexes(pg_url, "idempotency_keys")
     assert indexes["uq_idempotency_keys_tenant_key"] == (True, ("tenant_id", "key"))
@@ -69,8 +83,9 @@ def test_upgrade_downgrade_upgrade(pg_url: str) -> None:
     columns = _columns(pg_url)
     assert "dispatched_at" not in columns and "lease_expires_at" in columns
     upgrade(pg_url)
-    assert _revision(pg_url) == "0004"
+    assert _revision(pg_url) == "0005"
     assert "dispatched_at" in _columns(pg_url) and {"workflows", "idempotency_keys"} <= _tables(pg_url)
+    assert "webhook_deliveries" in _tables(pg_url) and _columns(pg_url) >= DELIVERY_COLUMNS
     downgrade(pg_url, "base")
     engine = create_engine(pg_url)
     try:

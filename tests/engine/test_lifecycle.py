@@ -136,10 +136,12 @@ def test_higher_priority_runs_first(app_factory: AppFactory) -> None:
 
 def assert_priority_order(api: Api) -> None:
     """With the only worker slot busy, a high-priority task queued last starts before earlier low ones."""
-    blocker = api.create(generation(["slow"], config={"script": ["slow"], "slow_seconds": 1.0}))
+    blocker = api.create(generation(["slow"], config={"script": ["slow"], "slow_seconds": 60}))
     api.wait(blocker["id"], {"EXECUTING"})
     low = [api.create(generation(["ok"], priority=0))["id"] for _ in range(3)]
     high = api.create(generation(["ok"], priority=8))["id"]
+    # the slot frees only now, however slow the machine was in queueing the others
+    assert api.client.post(f"/api/v1/tasks/{blocker['id']}/cancel", headers=api.headers()).status_code == 200
     done = {t: api.wait(t) for t in [*low, high]}
     assert done[high]["started_at"] < min(done[t]["started_at"] for t in low)
     assert [done[t]["started_at"] for t in low] == sorted(done[t]["started_at"] for t in low)  # FIFO within a band
