@@ -191,7 +191,9 @@ class WebhookSettings(BaseModel):
     jitter: float = Field(
         0.2, ge=0, le=1, description="Each delay is multiplied by a random factor in [1-jitter, 1+jitter]."
     )
-    poll_interval_seconds: float = Field(0.2, gt=0, description="How often the loop looks for events and due retries.")
+    poll_interval_seconds: float = Field(
+        0.1, gt=0, description="How often the loop looks for events and due retries (events of this process wake it)."
+    )
     concurrency: int = Field(8, ge=1, le=256, description="Deliveries in flight at once per API process.")
     allow_private_networks: list[str] = Field(
         default_factory=list,

@@ -7,7 +7,8 @@ without a webhook (the baseline) and N with one (4 deliveries each), interleaved
 
 - the drain rate (submit of the first → all COMPLETED) of both batches: ratio webhook / plain;
 - for the webhook batch, the rate until the receiver holds every COMPLETED event: ratio to the plain drain;
-- per task, the delay from `completed_at` (database) to the COMPLETED event's arrival at the receiver (p50/p99).
+- per task, the delay from `completed_at` (database) to the COMPLETED event's arrival at the receiver (p50/p99),
+  under that burst and for tasks submitted one at a time with idle gaps (`idle_*`).
 """
 
 from __future__ import annotations
@@ -120,9 +121,13 @@ def bench_webhooks(n: int, rounds: int) -> dict[str, Any]:
         hooked: list[float] = []
         delivered: list[float] = []
         delays: list[float] = []
+        idle: list[float] = []
         with process(uvicorn_cmd("atelier.app:create_app", port, factory=True), env, tmp / "api.log"):
             wait_http(f"{api}/health")
             _batch(api, headers, db, 20, hook, arrivals)  # warm-up
+            for _ in range(30):  # one at a time: the delay of a single delivery, nothing queued
+                idle.extend(_batch(api, headers, db, 1, hook, arrivals)["delays_ms"])
+                time.sleep(0.05)
             for _ in range(rounds):
                 plain.append(_batch(api, headers, db, n, None, arrivals)["drain_rate"])
                 with_hook = _batch(api, headers, db, n, hook, arrivals)
@@ -141,6 +146,8 @@ def bench_webhooks(n: int, rounds: int) -> dict[str, Any]:
         "delivered_ratio": statistics.median(delivered_ratios),
         "delivery_p50_ms": _pct(delays, 0.5),
         "delivery_p99_ms": _pct(delays, 0.99),
+        "idle_delivery_p50_ms": _pct(idle, 0.5),
+        "idle_delivery_p99_ms": _pct(idle, 0.99),
     }
 
 

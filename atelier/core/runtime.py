@@ -62,6 +62,7 @@ class Runtime:
 def build_runtime(settings: Settings, providers: ProviderRegistry | None = None, *, pre_ping: bool = True) -> Runtime:
     """Create every long-lived object; the Celery task runner is wired to this runtime."""
     from atelier.tasks.execution import TaskRunner
+    from atelier.tasks.transitions import install_webhook_signal
     from atelier.workflows.hooks import install_workflow_hooks
 
     if settings.database.url is None:
@@ -86,6 +87,7 @@ def build_runtime(settings: Settings, providers: ProviderRegistry | None = None,
     )
     runtime.sessions.configure(info={"runtime": runtime})  # engine hooks (workflow planning) reach the runtime
     install_workflow_hooks()
+    install_webhook_signal(runtime.sessions)
     runner = TaskRunner(runtime)
     runtime.celery = create_celery(settings, runner.run)
     install_outbox(runtime.sessions, publisher(runtime.celery, settings))

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 from sqlalchemy import or_, select, update
-from sqlalchemy.orm import aliased
+from sqlalchemy.orm import Session, aliased
 
 from atelier import __version__
 from atelier.core.db import session_scope
@@ -35,6 +35,7 @@ from atelier.delivery.models import WebhookAttempt, WebhookDelivery
 from atelier.delivery.outbox import DELIVERED, FAILED, PENDING, relay
 from atelier.delivery.signing import key_bytes, secrets_of, signature_header
 from atelier.settings import WebhookSettings
+from atelier.tasks.transitions import WEBHOOK_COMMITTED
 
 log = logging.getLogger(__name__)
 
@@ -74,34 +75,38 @@ class AttemptResult:
 
 def claim_due(runtime: Runtime, limit: int) -> list[Claimed]:
     """Lease up to ``limit`` due deliveries (each the oldest PENDING one of its target)."""
+    with session_scope(runtime.sessions) as session:
+        return _claim(session, runtime.settings.webhooks, limit)
+
+
+def _claim(session: Session, settings: WebhookSettings, limit: int) -> list[Claimed]:
     now = utcnow()
-    lease = now + timedelta(seconds=runtime.settings.webhooks.timeout_seconds + LEASE_MARGIN_SECONDS)
+    lease = now + timedelta(seconds=settings.timeout_seconds + LEASE_MARGIN_SECONDS)
     earlier = aliased(WebhookDelivery)
     blocked = select(earlier.id).where(earlier.target == D.target, earlier.state == PENDING, earlier.id < D.id)
-    with session_scope(runtime.sessions) as session:
-        due = (
-            select(D.id)
-            .where(
-                D.state == PENDING,
-                D.next_attempt_at <= now,
-                or_(D.lease_until.is_(None), D.lease_until < now),
-                ~blocked.exists(),
-            )
-            .order_by(D.next_attempt_at, D.id)
-            .limit(limit)
+    due = (
+        select(D.id)
+        .where(
+            D.state == PENDING,
+            D.next_attempt_at <= now,
+            or_(D.lease_until.is_(None), D.lease_until < now),
+            ~blocked.exists(),
         )
-        if session.get_bind().dialect.name == "postgresql":
-            due = due.with_for_update(skip_locked=True)
-        ids = list(session.scalars(due))
-        if not ids:
-            return []
-        rows = session.execute(  # re-checked: another process may have leased some of them since the read
-            update(D)
-            .where(D.id.in_(ids), D.state == PENDING, or_(D.lease_until.is_(None), D.lease_until < now))
-            .values(lease_until=lease, attempts=D.attempts + 1, updated_at=now)
-            .returning(D.id, D.webhook_id, D.url, D.payload, D.attempts)
-            .execution_options(synchronize_session=False)
-        ).all()
+        .order_by(D.next_attempt_at, D.id)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        due = due.with_for_update(skip_locked=True)
+    ids = list(session.scalars(due))
+    if not ids:
+        return []
+    rows = session.execute(  # re-checked: another process may have leased some of them since the read
+        update(D)
+        .where(D.id.in_(ids), D.state == PENDING, or_(D.lease_until.is_(None), D.lease_until < now))
+        .values(lease_until=lease, attempts=D.attempts + 1, updated_at=now)
+        .returning(D.id, D.webhook_id, D.url, D.payload, D.attempts)
+        .execution_options(synchronize_session=False)
+    ).all()
     return [Claimed(r.id, r.webhook_id, r.url, r.payload, r.attempts) for r in rows]
 
 
@@ -167,46 +172,61 @@ def backoff(settings: WebhookSettings, attempt: int, retry_after: float | None) 
     return float(delay)
 
 
-def record(runtime: Runtime, item: Claimed, outcome: AttemptResult) -> None:
-    """Log the attempt and move the delivery on (delivered, retried later, or given up)."""
+def record(runtime: Runtime, results: list[tuple[Claimed, AttemptResult]]) -> None:
+    """Log the attempts and move their deliveries on (delivered, retried later, or given up): one transaction."""
     settings = runtime.settings.webhooks
     with session_scope(runtime.sessions) as session:
-        delivery = session.get(D, item.id, with_for_update=True)
-        if delivery is None:  # its task or workflow was deleted meanwhile
-            return
-        session.add(
-            WebhookAttempt(
-                delivery_id=item.id,
-                attempt=item.attempt,
-                started_at=outcome.started_at,
-                duration_ms=round(outcome.duration_ms, 3),
-                status_code=outcome.status_code,
-                error=outcome.error,
-                response_excerpt=outcome.excerpt,
-            )
-        )
-        if delivery.attempts != item.attempt or delivery.state != PENDING:
-            return  # redelivered (a newer attempt owns it) or already settled
+        ids = [item.id for item, _ in results]
+        rows = session.scalars(select(D).where(D.id.in_(ids)).order_by(D.id).with_for_update())
+        found = {delivery.id: delivery for delivery in rows}
         now = utcnow()
-        delivery.lease_until = None
-        delivery.updated_at = now
-        delivery.last_status_code = outcome.status_code
-        delivery.last_error = outcome.error
-        if outcome.delivered:
-            delivery.state = DELIVERED
-            delivery.delivered_at = now
-            delivery.next_attempt_at = None
-            return
-        retry_at = now + timedelta(seconds=backoff(settings, item.attempt, outcome.retry_after))
-        if outcome.permanent or retry_at > delivery.retry_until:
-            delivery.state = FAILED
-            delivery.next_attempt_at = None
-        else:
-            delivery.next_attempt_at = retry_at
+        for item, outcome in results:
+            delivery = found.get(item.id)
+            if delivery is None:  # its task or workflow was deleted meanwhile
+                continue
+            session.add(
+                WebhookAttempt(
+                    delivery_id=item.id,
+                    attempt=item.attempt,
+                    started_at=outcome.started_at,
+                    duration_ms=round(outcome.duration_ms, 3),
+                    status_code=outcome.status_code,
+                    error=outcome.error,
+                    response_excerpt=outcome.excerpt,
+                )
+            )
+            if delivery.attempts == item.attempt and delivery.state == PENDING:  # else redelivered or settled
+                _settle(delivery, item, outcome, settings, now)
+
+
+def _settle(
+    delivery: WebhookDelivery, item: Claimed, outcome: AttemptResult, settings: WebhookSettings, now: datetime
+) -> None:
+    delivery.lease_until = None
+    delivery.updated_at = now
+    delivery.last_status_code = outcome.status_code
+    delivery.last_error = outcome.error
+    if outcome.delivered:
+        delivery.state = DELIVERED
+        delivery.delivered_at = now
+        delivery.next_attempt_at = None
+        return
+    retry_at = now + timedelta(seconds=backoff(settings, item.attempt, outcome.retry_after))
+    if outcome.permanent or retry_at > delivery.retry_until:
+        delivery.state = FAILED
+        delivery.next_attempt_at = None
+    else:
+        delivery.next_attempt_at = retry_at
 
 
 class WebhookLoop(PeriodicThread):
-    """Relay events and send due deliveries, in a daemon thread of ``atelier serve``."""
+    """Relay events and send due deliveries, in a daemon thread of ``atelier serve``.
+
+    The loop thread does all the database work in batches — record the outcomes that came back, relay new events,
+    claim as many due deliveries as there are free senders — and the sender threads only POST. A finished send wakes
+    the loop, so a task's next event (due once the previous one is recorded) goes out right away, and under load
+    one transaction records and one claims many deliveries.
+    """
 
     def __init__(self, runtime: Runtime) -> None:
         super().__init__("atelier-webhooks", runtime.settings.webhooks.poll_interval_seconds, self.tick)
@@ -216,16 +236,25 @@ class WebhookLoop(PeriodicThread):
         self.client = httpx.Client(timeout=self.settings.timeout_seconds, follow_redirects=False, trust_env=False)
         self._pool = ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="atelier-webhook")
         self._in_flight = 0
+        self._results: list[tuple[Claimed, AttemptResult]] = []
         self._lock = threading.Lock()
 
+    def start(self) -> None:
+        """Start the loop; events committed by this process wake it at once."""
+        WEBHOOK_COMMITTED.subscribe(self.wake)
+        super().start()
+
     def stop(self) -> None:
-        """Stop claiming, let in-flight deliveries finish (each bounded by the timeout), close the client."""
+        """Stop claiming, let in-flight sends finish (each bounded by the timeout), record them, close the client."""
+        WEBHOOK_COMMITTED.unsubscribe(self.wake)
         super().stop()
         self._pool.shutdown(wait=True)
+        self._record()
         self.client.close()
 
     def tick(self) -> None:
-        """One round: relay new events, then claim as many due deliveries as there are free senders."""
+        """One round: record outcomes, relay new events, claim as many due deliveries as there are free senders."""
+        self._record()
         relay(self.runtime)
         with self._lock:
             free = self.settings.concurrency - self._in_flight
@@ -234,14 +263,20 @@ class WebhookLoop(PeriodicThread):
         for item in claim_due(self.runtime, free):  # never more than free threads: each claim starts at once
             with self._lock:
                 self._in_flight += 1
-            self._pool.submit(self._deliver, item)
+            self._pool.submit(self._send, item)
 
-    def _deliver(self, item: Claimed) -> None:
-        try:
-            outcome = post(self.client, self.settings, self.keys, item)
-            record(self.runtime, item, outcome)
-        except Exception:  # the lease expires and the delivery is retried
-            log.warning("webhook delivery %s: recording failed", item.id, exc_info=True)
-        finally:
-            with self._lock:
-                self._in_flight -= 1
+    def _record(self) -> None:
+        with self._lock:
+            results, self._results = self._results, []
+        if results:
+            try:
+                record(self.runtime, results)
+            except Exception:  # their leases expire and the deliveries are sent again
+                log.warning("recording %d webhook attempt(s) failed", len(results), exc_info=True)
+
+    def _send(self, item: Claimed) -> None:
+        outcome = post(self.client, self.settings, self.keys, item)
+        with self._lock:
+            self._results.append((item, outcome))
+            self._in_flight -= 1
+        self.wake()

@@ -40,7 +40,7 @@ from atelier.storage.service import TenantStorage
 from atelier.tasks.enums import OUTPUT_PREFIX, ErrorCategory, EventType, ProviderType, TaskStatus, TaskType
 from atelier.tasks.lifetimes import expire_one
 from atelier.tasks.models import Task
-from atelier.tasks.transitions import claim, complete_unchanged, record_event, transition
+from atelier.tasks.transitions import WEBHOOK_COMMITTED, claim, complete_unchanged, record_event, transition
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -77,6 +77,7 @@ class Plan:
     fallback_active: bool = False
     workflow_id: str | None = None
     run_timeout: float | None = None
+    webhook: bool = False  # the task has a webhook_url: its events are flagged for the outbox
 
 
 @dataclass
@@ -126,6 +127,8 @@ class TaskRunner:
             log.debug("task %s not claimable; message dropped", tid)
             retry_on_disconnect(lambda: self._expire_if_overdue(tid))
             return
+        if plan.webhook:  # the claim (and its EXECUTING event) committed
+            WEBHOOK_COMMITTED.fire()
         outcome = self._execute(plan, owner)
         retry_on_disconnect(lambda: self._record(plan, owner, outcome))
 
@@ -157,6 +160,7 @@ class TaskRunner:
                 fallback_active=use_fallback,
                 workflow_id=task.workflow_id,
                 run_timeout=task.run_timeout_seconds,
+                webhook=task.webhook_url is not None,
             )
 
     # ------------------------------------------------------------------------------------ provider call
@@ -259,6 +263,8 @@ class TaskRunner:
             return
         # A workflow step's completion plans the next steps in the same transaction: the general path.
         if outcome.kind == "completed" and not plan.workflow_id and self._complete_fast(plan, owner, outcome):
+            if plan.webhook:
+                WEBHOOK_COMMITTED.fire()
             return
         with session_scope(self.rt.sessions) as session:
             if plan.workflow_id:

@@ -12,11 +12,12 @@ from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Connection, String, and_, bindparam, case, func, insert, literal, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, String, and_, bindparam, case, event, func, insert, literal, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
 
 from atelier.core.db import JSONType
 from atelier.core.errors import ConflictError
+from atelier.core.periodic import Signal
 from atelier.core.time import utcnow
 from atelier.tasks.enums import TERMINAL_STATUSES, ErrorCategory, EventType, TaskStatus
 from atelier.tasks.models import Task, TaskEvent
@@ -57,10 +58,31 @@ def record_event(
     """
     notify = bool(task.webhook_url) and event_type in WEBHOOK_EVENTS
     _insert_event(session, task.id, task.tenant_id, event_type, task.status, message, data, notify=notify)
+    if notify:
+        session.info[WEBHOOK_PENDING_INFO] = True  # the session's after-commit hook fires WEBHOOK_COMMITTED
 
 
 _EVENT = insert(TaskEvent)
 WEBHOOK_EVENTS = frozenset({EventType.TASK_CREATED, EventType.TASK_STATUS})  # what webhooks receive
+# Fired in this process after a flagged event committed: wakes the webhook loop (other processes poll).
+WEBHOOK_COMMITTED = Signal()
+WEBHOOK_PENDING_INFO = "atelier_webhook_pending"
+
+
+def install_webhook_signal(factory: sessionmaker[Session]) -> None:
+    """Fire ``WEBHOOK_COMMITTED`` after a session of ``factory`` committed a flagged event."""
+
+    def after_commit(session: Session) -> None:
+        if not session.in_nested_transaction() and session.info.pop(WEBHOOK_PENDING_INFO, False):
+            WEBHOOK_COMMITTED.fire()
+
+    def after_rollback(session: Session) -> None:
+        if not session.in_nested_transaction():
+            session.info.pop(WEBHOOK_PENDING_INFO, None)
+
+    event.listen(factory, "after_commit", after_commit)
+    event.listen(factory, "after_rollback", after_rollback)
+
 
 # Called (same session, same transaction) when a task that belongs to a workflow reaches a terminal status.
 TERMINAL_HOOKS: list[Callable[[Session, Task], None]] = []
