@@ -275,7 +275,11 @@ class WebhookLoop(PeriodicThread):
                 log.warning("recording %d webhook attempt(s) failed", len(results), exc_info=True)
 
     def _send(self, item: Claimed) -> None:
-        outcome = post(self.client, self.settings, self.keys, item)
+        try:
+            outcome = post(self.client, self.settings, self.keys, item)
+        except Exception as exc:  # post handles HTTP failures; anything else is recorded, never a lost sender
+            log.warning("webhook delivery %s: unexpected failure", item.id, exc_info=True)
+            outcome = AttemptResult(started_at=utcnow(), duration_ms=0.0, error=f"{type(exc).__name__}: {exc}")
         with self._lock:
             self._results.append((item, outcome))
             self._in_flight -= 1

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from atelier.core.db import session_scope
+from atelier.delivery import sender
 from atelier.delivery.models import WebhookDelivery
 from atelier.delivery.signing import derived_secret
 from atelier.tasks.models import TaskEvent
@@ -223,3 +224,24 @@ def test_failed_task_reports_its_error(webhook_app: WebhookApp, receiver: Receiv
     assert events[-2]["error_category"] == "INVALID_INPUT" and "not acceptable" in events[-2]["error_message"]
     assert events[-1]["result_image_path"] is None and events[-1]["error_message"] == events[-2]["error_message"]
     uuid.UUID(events[-1]["task_id"])
+
+
+def test_an_unexpected_sender_failure_is_recorded_and_retried(
+    webhook_app: WebhookApp, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_post = sender.post
+    failures = iter([True])
+
+    def flaky(*args: Any) -> sender.AttemptResult:
+        if next(failures, False):
+            raise RuntimeError("signing exploded")
+        return real_post(*args)
+
+    monkeypatch.setattr(sender, "post", flaky)
+    api = webhook_app()
+    task = api.create({**GENERATE, "webhook_url": receiver.url})
+    assert kinds(receiver.wait_for(4)) == LIFECYCLE
+    log = wait_deliveries(api, task["id"], lambda found: all(d["state"] == "DELIVERED" for d in found))
+    first = log[0]["attempt_log"]
+    assert first[0]["error"] == "RuntimeError: signing exploded" and first[0]["status_code"] is None
+    assert first[1]["status_code"] == 204
