@@ -23,6 +23,7 @@ from atelier.engine.embedded import EmbeddedWorker
 from atelier.engine.reaper import ReaperLoop
 from atelier.engine.recovery import recover
 from atelier.engine.transport import purge_vhost
+from atelier.monitoring.endpoints import router as monitoring_router
 from atelier.providers.registry import ALL_QUEUES, ProviderRegistry
 from atelier.settings import Settings
 from atelier.status.endpoints import router as status_router
@@ -45,6 +46,7 @@ def _start_engine(runtime: Runtime) -> tuple[EmbeddedWorker | None, ReaperLoop |
         queues = [queue_name(settings, q) for q in ALL_QUEUES]
         worker = EmbeddedWorker(runtime.celery, concurrency=settings.broker.embedded_concurrency, queues=queues)
         worker.start()
+        runtime.embedded_worker = worker
     if settings.embedded:  # this process owned the only queue and worker: everything waiting is ours to restart
         recover(runtime, orphan_running=True)
     if settings.reaper.enabled:
@@ -91,6 +93,7 @@ def create_app(settings: Settings | None = None, *, providers: ProviderRegistry 
     app.include_router(admin_router)
     app.include_router(workflows_router)
     app.include_router(delivery_router)
+    app.include_router(monitoring_router)
     document_webhooks(app)
     app.add_api_route("/health", health, methods=["GET"], summary="Health Check", include_in_schema=True)
     return app

@@ -16,6 +16,7 @@ from atelier.core.db import create_db_engine, create_session_factory
 from atelier.core.inputs import FetchLimits
 from atelier.engine.celery_app import create_celery, publisher
 from atelier.engine.dispatch import install_outbox
+from atelier.engine.embedded import EmbeddedWorker
 from atelier.providers.registry import ProviderRegistry, default_registry
 from atelier.settings import Settings
 from atelier.storage.backend import StorageBackend
@@ -36,6 +37,7 @@ class Runtime:
     http: httpx.Client
     worker_name: str
     celery: Celery = field(init=False)
+    embedded_worker: EmbeddedWorker | None = field(default=None, init=False)  # set by `atelier serve` when embedded
 
     @property
     def fetch_limits(self) -> FetchLimits:

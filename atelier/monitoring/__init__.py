@@ -1,0 +1,1 @@
+"""Monitoring: task/workflow views across the fleet, queue and worker figures, metrics."""
