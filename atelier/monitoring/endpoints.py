@@ -42,7 +42,7 @@ BeforeQ = Annotated[datetime | None, Query(description="Filter: created before t
 
 
 def _service(session: SessionDep, rt: RuntimeDep, principal: PrincipalDep) -> MonitoringService:
-    return MonitoringService(session, principal, rt.storage)
+    return MonitoringService(session, principal, rt)
 
 
 @router.get("/tasks", summary="List Monitored Tasks")

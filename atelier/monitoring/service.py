@@ -1,25 +1,30 @@
 """Task and workflow monitoring: lists with filters, search and sorting; details; media; aggregate counts.
 
 Scope: a service or viewer token sees its tenant; an admin token sees every tenant. Lists are offset-paged with a
-bounded count (``COUNT_CAP``) so a page answers in bounded time on large tables; aggregate counts run one grouped
-query and are cached per process for ``STATS_TTL_SECONDS``.
+bounded count (``COUNT_CAP``) so a page answers in bounded time on large tables. Aggregate counts run one grouped
+query (a scan of the tenant's rows) and are cached per process: fresh for ``STATS_TTL_SECONDS``, then served stale
+while one background refresh runs, so only the first call of a process (per scope and filter) waits for the scan.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, Select, func, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from atelier.core.auth import Principal, Role
+from atelier.core.db import session_scope
 from atelier.core.errors import NotFoundError
+from atelier.core.runtime import Runtime
 from atelier.core.time import utcnow
 from atelier.monitoring.schemas import (
     AggregateStats,
@@ -38,10 +43,12 @@ from atelier.monitoring.schemas import (
     WorkflowStepMonitor,
 )
 from atelier.status.views import media_url
-from atelier.storage.backend import StorageBackend
 from atelier.storage.service import TenantStorage
 from atelier.tasks.models import Task
 from atelier.workflows.models import Workflow
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 COUNT_CAP = 10_000
 STATS_TTL_SECONDS = 5.0
@@ -91,22 +98,42 @@ def _pages(total: int, page_size: int) -> int:
 
 
 class _StatsCache:
-    """Per-process cache of aggregate counts (thread-safe, short TTL)."""
+    """Per-process cache of aggregate counts: fresh for a TTL, then stale-while-revalidate (one refresh per key)."""
 
     def __init__(self) -> None:
         self._items: dict[tuple[Any, ...], tuple[float, Any]] = {}
+        self._refreshing: set[tuple[Any, ...]] = set()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[Any, ...]) -> Any | None:
+    def fetch(self, key: tuple[Any, ...], compute: Callable[[], T]) -> T:
+        """The cached value of ``key``; computed now when absent, refreshed in the background when stale."""
         with self._lock:
             found = self._items.get(key)
-        if found is not None and time.monotonic() - found[0] < STATS_TTL_SECONDS:
-            return found[1]
-        return None
+            stale = found is not None and time.monotonic() - found[0] >= STATS_TTL_SECONDS
+            start_refresh = stale and key not in self._refreshing
+            if start_refresh:
+                self._refreshing.add(key)
+        if found is None:
+            value = compute()
+            self._store(key, value)
+            return value
+        if start_refresh:
+            threading.Thread(target=self._refresh, args=(key, compute), name="atelier-stats", daemon=True).start()
+        cached: T = found[1]
+        return cached
 
-    def put(self, key: tuple[Any, ...], value: Any) -> None:
+    def _store(self, key: tuple[Any, ...], value: Any) -> None:
         with self._lock:
             self._items[key] = (time.monotonic(), value)
+
+    def _refresh(self, key: tuple[Any, ...], compute: Callable[[], Any]) -> None:
+        try:
+            self._store(key, compute())
+        except Exception:  # the stale value stays; the next call tries again
+            log.warning("refreshing monitoring stats failed", exc_info=True)
+        finally:
+            with self._lock:
+                self._refreshing.discard(key)
 
 
 _cache = _StatsCache()
@@ -115,10 +142,11 @@ _cache = _StatsCache()
 class MonitoringService:
     """Monitoring reads for one principal."""
 
-    def __init__(self, session: Session, principal: Principal, storage: StorageBackend) -> None:
+    def __init__(self, session: Session, principal: Principal, runtime: Runtime) -> None:
         self.session = session
         self.principal = principal
-        self.storage = storage
+        self.runtime = runtime
+        self.storage = runtime.storage
 
     @property
     def _all_tenants(self) -> bool:
@@ -256,11 +284,16 @@ class MonitoringService:
         return TaskMediaResponse(task_id=task.id, inputs=inputs, outputs=outputs)
 
     def stats(self, origin_instance: str | None, origin_zone: str | None) -> AggregateStats:
-        """Counts by status, provider and type, and created in the last hour/day (cached a few seconds)."""
+        """Counts by status, provider and type, and created in the last hour/day (see the module doc on caching)."""
         key = ("tasks", None if self._all_tenants else self.principal.tenant, origin_instance, origin_zone)
-        cached = _cache.get(key)
-        if isinstance(cached, AggregateStats):
-            return cached
+        return _cache.fetch(key, lambda: self._in_own_session(lambda s: s._task_stats(origin_instance, origin_zone)))
+
+    def _in_own_session(self, work: Callable[[MonitoringService], T]) -> T:
+        """Run ``work`` on a service with a session of its own (a background refresh outlives the request)."""
+        with session_scope(self.runtime.sessions) as session:
+            return work(MonitoringService(session, self.principal, self.runtime))
+
+    def _task_stats(self, origin_instance: str | None, origin_zone: str | None) -> AggregateStats:
         filters: list[ColumnElement[bool]] = []
         if origin_instance is not None:
             filters.append(Task.origin_instance == origin_instance)
@@ -280,7 +313,6 @@ class MonitoringService:
         recent = self._scoped(select(func.count()).select_from(Task).where(*filters), Task.tenant_id)
         result.tasks_last_hour = self.session.scalar(recent.where(Task.created_at >= now - timedelta(hours=1))) or 0
         result.tasks_last_24h = self.session.scalar(recent.where(Task.created_at >= now - timedelta(days=1))) or 0
-        _cache.put(key, result)
         return result
 
     # ------------------------------------------------------------------------------------------- workflows
@@ -341,11 +373,13 @@ class MonitoringService:
         )
 
     def workflow_stats(self, origin_instance: str | None, origin_zone: str | None) -> WorkflowAggregateStats:
-        """Counts by status, created in the last hour/day, mean steps per workflow (cached a few seconds)."""
+        """Counts by status, created in the last hour/day, mean steps per workflow (cached like ``stats``)."""
         key = ("workflows", None if self._all_tenants else self.principal.tenant, origin_instance, origin_zone)
-        cached = _cache.get(key)
-        if isinstance(cached, WorkflowAggregateStats):
-            return cached
+        return _cache.fetch(
+            key, lambda: self._in_own_session(lambda s: s._workflow_stats(origin_instance, origin_zone))
+        )
+
+    def _workflow_stats(self, origin_instance: str | None, origin_zone: str | None) -> WorkflowAggregateStats:
         filters: list[ColumnElement[bool]] = [Workflow.is_deleted.is_(False)]
         if origin_instance is not None:
             filters.append(Workflow.origin_instance == origin_instance)
@@ -370,7 +404,6 @@ class MonitoringService:
         result.workflows_last_24h = (
             self.session.scalar(recent.where(Workflow.created_at >= now - timedelta(days=1))) or 0
         )
-        _cache.put(key, result)
         return result
 
     def workflow_detail(self, workflow_id: uuid.UUID) -> WorkflowDetailResponse:

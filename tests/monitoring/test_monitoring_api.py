@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -169,3 +170,16 @@ def test_app_factory_admin_scope(app_factory: AppFactory) -> None:
     api.create(OK, tenant="globex")
     assert get(api, "/stats", role=Role.ADMIN).json()["total_tasks"] == 2
     assert ok(api, "/stats")["total_tasks"] == 1
+
+
+def test_stale_stats_are_served_while_one_refresh_runs(idle_api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    idle_api.create(OK)
+    assert ok(idle_api, "/stats")["total_tasks"] == 1  # computed on the spot: nothing cached yet
+    idle_api.create(OK)
+    assert ok(idle_api, "/stats")["total_tasks"] == 1  # fresh cache: the new task is not counted yet
+    monkeypatch.setattr(monitoring, "STATS_TTL_SECONDS", 0.0)
+    assert ok(idle_api, "/stats")["total_tasks"] == 1  # stale: answered at once, a refresh starts behind it
+    deadline = time.monotonic() + 10
+    while ok(idle_api, "/stats")["total_tasks"] != 2:
+        assert time.monotonic() < deadline, "the background refresh never landed"
+        time.sleep(0.02)
