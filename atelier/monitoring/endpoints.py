@@ -5,7 +5,7 @@ tenants), with filters, search, sorting and aggregate counts. Queue and worker f
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -37,8 +37,13 @@ OrderQ = Annotated[SortOrder, Query(description="Sort order")]
 InstanceQ = Annotated[str | None, Query(description="Filter by origin instance")]
 ZoneQ = Annotated[str | None, Query(description="Filter by origin zone")]
 OriginTenantQ = Annotated[str | None, Query(description="Filter by origin tenant ID")]
-AfterQ = Annotated[datetime | None, Query(description="Filter: created after this datetime")]
-BeforeQ = Annotated[datetime | None, Query(description="Filter: created before this datetime")]
+AfterQ = Annotated[datetime | None, Query(description="Filter: created after this datetime (UTC if no offset)")]
+BeforeQ = Annotated[datetime | None, Query(description="Filter: created before this datetime (UTC if no offset)")]
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """A datetime without an offset is taken as UTC (every timestamp of the API is UTC)."""
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
 def _service(session: SessionDep, rt: RuntimeDep, principal: PrincipalDep) -> MonitoringService:
@@ -77,8 +82,8 @@ def list_monitored_tasks(
         origin_instance=origin_instance,
         origin_zone=origin_zone,
         origin_tenant_id=origin_tenant_id,
-        created_after=created_after,
-        created_before=created_before,
+        created_after=_utc(created_after),
+        created_before=_utc(created_before),
         search=search,
     )
     return _service(session, rt, principal).list_tasks(query)
@@ -139,8 +144,8 @@ def list_monitored_workflows(
         origin_instance=origin_instance,
         origin_zone=origin_zone,
         origin_tenant_id=origin_tenant_id,
-        created_after=created_after,
-        created_before=created_before,
+        created_after=_utc(created_after),
+        created_before=_utc(created_before),
         search=search,
     )
     return _service(session, rt, principal).list_workflows(query)

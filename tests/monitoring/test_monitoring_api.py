@@ -162,6 +162,9 @@ def test_created_window_excludes_older_tasks(idle_api: Api) -> None:
     future = (utcnow() + timedelta(minutes=5)).isoformat()
     assert ok(idle_api, "/tasks", created_after=future)["total"] == 0
     assert ok(idle_api, "/tasks", created_before=future)["total"] == 1
+    naive = (utcnow() + timedelta(minutes=5)).replace(tzinfo=None).isoformat()  # no offset: taken as UTC
+    assert ok(idle_api, "/tasks", created_before=naive)["total"] == 1
+    assert ok(idle_api, "/workflows", created_after=naive)["total"] == 0
 
 
 def test_app_factory_admin_scope(app_factory: AppFactory) -> None:
