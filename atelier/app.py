@@ -24,6 +24,8 @@ from atelier.engine.reaper import ReaperLoop
 from atelier.engine.recovery import recover
 from atelier.engine.transport import purge_vhost
 from atelier.monitoring.endpoints import router as monitoring_router
+from atelier.monitoring.metrics import metrics
+from atelier.monitoring.workers_endpoints import router as workers_router
 from atelier.providers.registry import ALL_QUEUES, ProviderRegistry
 from atelier.settings import Settings
 from atelier.status.endpoints import router as status_router
@@ -94,8 +96,11 @@ def create_app(settings: Settings | None = None, *, providers: ProviderRegistry 
     app.include_router(workflows_router)
     app.include_router(delivery_router)
     app.include_router(monitoring_router)
+    app.include_router(workers_router)
     document_webhooks(app)
     app.add_api_route("/health", health, methods=["GET"], summary="Health Check", include_in_schema=True)
+    if settings.metrics.enabled:
+        app.add_api_route("/metrics", metrics, methods=["GET"], summary="Prometheus Metrics", tags=["monitoring"])
     return app
 
 

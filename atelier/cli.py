@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -25,13 +24,18 @@ def serve(
     import uvicorn
 
     from atelier.app import create_app
+    from atelier.core.logs import configure_logging
     from atelier.core.migrate import upgrade
 
     settings = Settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings)
     if migrate_first:
         upgrade(settings.database_url)
-    uvicorn.run(create_app(settings), host=host or settings.server.host, port=port or settings.server.port)
+    # JSON logs: uvicorn must not install its own text handlers; its loggers then go through the root's.
+    log_config: dict[str, Any] = {"log_config": None} if settings.log.format == "json" else {}
+    uvicorn.run(
+        create_app(settings), host=host or settings.server.host, port=port or settings.server.port, **log_config
+    )
 
 
 @cli.command()
@@ -41,13 +45,17 @@ def worker(
     ),
     concurrency: Annotated[int | None, typer.Option("--concurrency", "-c", help="Processes/threads")] = None,
     pool: Annotated[str, typer.Option(help="prefork (default), threads or solo")] = "prefork",
-    loglevel: Annotated[str, typer.Option(help="Celery log level")] = "INFO",
+    loglevel: Annotated[
+        str, typer.Option(help="Celery log level (text logs; JSON logs use ATELIER_LOG__LEVEL)")
+    ] = "INFO",
     hostname: Annotated[str | None, typer.Option("--hostname", "-n", help="Worker node name")] = None,
 ) -> None:
     """Run Celery workers for the distributed deployment (needs ATELIER_BROKER__URL)."""
+    from atelier.core.logs import configure_logging
     from atelier.engine.worker import run_worker
 
     settings = Settings()
+    configure_logging(settings)
     if settings.embedded:
         typer.echo(
             "atelier worker needs ATELIER_BROKER__URL (redis://… or amqp://…); the embedded default runs "

@@ -325,6 +325,32 @@ class AuthSettings(BaseModel):
     default_ttl_seconds: int = Field(30 * 24 * 3600, ge=60, description="Lifetime of tokens minted by `atelier token`.")
 
 
+class MetricsSettings(BaseModel):
+    """Prometheus metrics at ``GET /metrics``."""
+
+    enabled: bool = Field(True, description="Serve `GET /metrics` (Prometheus text format).")
+    public: bool = Field(
+        False,
+        description="Serve `/metrics` without a token. Otherwise it needs an admin or service JWT "
+        "(Prometheus sends one with `authorization: {credentials: …}` or `bearer_token_file`).",
+    )
+
+
+class LogSettings(BaseModel):
+    """Log output of `atelier serve` and `atelier worker`."""
+
+    format: Literal["json", "text"] = Field(
+        "text",
+        description="`text`: one human line per record. `json`: one JSON object per line with `ts`, `level`, "
+        "`logger`, `message`, and `task_id`/`workflow_id`/`tenant`/`exc` when the record has them.",
+    )
+    level: str = Field(
+        "INFO",
+        pattern=r"(?i)^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$",
+        description="Level of the root logger: DEBUG, INFO, WARNING, ERROR or CRITICAL.",
+    )
+
+
 class Settings(BaseSettings):
     """All settings of Atelier Compute."""
 
@@ -345,6 +371,8 @@ class Settings(BaseSettings):
     providers: ProviderSettings = Field(default_factory=ProviderSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
 
     @model_validator(mode="after")
     def _refuse_dev_secret(self) -> Settings:

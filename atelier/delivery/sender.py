@@ -34,6 +34,7 @@ from atelier.core.time import utcnow
 from atelier.delivery.models import WebhookAttempt, WebhookDelivery
 from atelier.delivery.outbox import DELIVERED, FAILED, PENDING, relay
 from atelier.delivery.signing import key_bytes, secrets_of, signature_header
+from atelier.monitoring import metrics
 from atelier.settings import WebhookSettings
 from atelier.tasks.transitions import WEBHOOK_COMMITTED
 
@@ -197,6 +198,7 @@ def record(runtime: Runtime, results: list[tuple[Claimed, AttemptResult]]) -> No
             )
             if delivery.attempts == item.attempt and delivery.state == PENDING:  # else redelivered or settled
                 _settle(delivery, item, outcome, settings, now)
+                metrics.observe_webhook_attempt(delivery.state)
 
 
 def _settle(

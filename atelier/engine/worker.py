@@ -6,10 +6,12 @@ import logging
 import socket
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_process_shutdown
 
+import atelier.monitoring.workers  # noqa: F401 - registers the atelier_memory inspect command
 from atelier.core.runtime import Runtime, build_runtime
 from atelier.engine.celery_app import queue_name
+from atelier.monitoring.metrics import mark_process_dead
 from atelier.providers.registry import ALL_QUEUES
 from atelier.settings import Settings
 
@@ -27,6 +29,8 @@ def worker_app(settings: Settings) -> tuple[Runtime, Celery]:
 
     # Prefork children inherit the parent's pooled DB connections and HTTP sockets; they must not use them.
     worker_process_init.connect(reset_after_fork, weak=False)
+    # Multiprocess metrics (PROMETHEUS_MULTIPROC_DIR): a recycled child's live gauges must not outlive it.
+    worker_process_shutdown.connect(mark_process_dead, weak=False)
     return runtime, runtime.celery
 
 

@@ -27,6 +27,7 @@ from atelier.core.errors import InvalidInputError
 from atelier.core.inputs import DraftRequest, fetch_url, open_image
 from atelier.core.time import utcnow
 from atelier.engine.dispatch import Dispatch, enqueue
+from atelier.monitoring import metrics
 from atelier.providers.base import (
     ProviderContext,
     ProviderError,
@@ -78,6 +79,11 @@ class Plan:
     workflow_id: str | None = None
     run_timeout: float | None = None
     webhook: bool = False  # the task has a webhook_url: its events are flagged for the outbox
+    created_at: datetime | None = None  # for the queue-wait metric
+
+    def log_extra(self) -> dict[str, Any]:
+        """The ids a log record of this run carries (``extra=``): task, tenant, workflow."""
+        return {"task_id": str(self.task_id), "tenant": self.tenant, "workflow_id": self.workflow_id}
 
 
 @dataclass
@@ -119,18 +125,23 @@ class TaskRunner:
         try:
             tid = uuid.UUID(task_id)
         except ValueError:
-            log.error("dropping message with malformed task id %r", task_id)
+            log.error("dropping message with malformed task id %r", task_id, extra={"task_id": task_id})
             return
         owner = f"{self.rt.worker_name}:{uuid.uuid4().hex[:8]}"
         plan = retry_on_disconnect(lambda: self._claim(tid, owner, message_id))
         if plan is None:
-            log.debug("task %s not claimable; message dropped", tid)
+            log.debug("task %s not claimable; message dropped", tid, extra={"task_id": str(tid)})
             retry_on_disconnect(lambda: self._expire_if_overdue(tid))
             return
+        started = time.monotonic()
         if plan.webhook:  # the claim (and its EXECUTING event) committed
             WEBHOOK_COMMITTED.fire()
+        _observe_claim(plan)
         outcome = self._execute(plan, owner)
-        retry_on_disconnect(lambda: self._record(plan, owner, outcome))
+        recorded = retry_on_disconnect(lambda: self._record(plan, owner, outcome))
+        _observe_outcome(plan, recorded, time.monotonic() - started)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("task %s attempt %d: %s", plan.task_id, plan.attempt, recorded, extra=plan.log_extra())
 
     def _expire_if_overdue(self, tid: uuid.UUID) -> None:
         """A refused claim may be a task past its queue-wait deadline: cancel it now rather than at the next sweep."""
@@ -161,6 +172,7 @@ class TaskRunner:
                 workflow_id=task.workflow_id,
                 run_timeout=task.run_timeout_seconds,
                 webhook=task.webhook_url is not None,
+                created_at=task.created_at,
             )
 
     # ------------------------------------------------------------------------------------ provider call
@@ -192,7 +204,7 @@ class TaskRunner:
         except OSError as exc:
             outcome = Outcome("retryable", f"I/O error: {exc}", ErrorCategory.STORAGE_ERROR)
         except Exception as exc:  # unexpected bug or library failure: retried, then failed, never lost
-            log.exception("task %s: unexpected error", plan.task_id)
+            log.exception("task %s: unexpected error", plan.task_id, extra=plan.log_extra())
             outcome = Outcome("retryable", f"{type(exc).__name__}: {exc}", ErrorCategory.INTERNAL_ERROR)
         outcome.requests = requests
         return outcome
@@ -257,24 +269,32 @@ class TaskRunner:
 
     # ------------------------------------------------------------------------------------ recording
 
-    def _record(self, plan: Plan, owner: str, outcome: Outcome) -> None:
+    def _record(self, plan: Plan, owner: str, outcome: Outcome) -> str:
+        """Record the outcome; returns what was recorded (the ``outcome`` label of the outcomes metric)."""
         if outcome.kind == "lease_lost":
-            log.warning("task %s: lease lost to another worker; outcome discarded", plan.task_id)
-            return
+            log.warning(
+                "task %s: lease lost to another worker; outcome discarded", plan.task_id, extra=plan.log_extra()
+            )
+            return "discarded"
         # A workflow step's completion plans the next steps in the same transaction: the general path.
         if outcome.kind == "completed" and not plan.workflow_id and self._complete_fast(plan, owner, outcome):
             if plan.webhook:
                 WEBHOOK_COMMITTED.fire()
-            return
+            return "completed"
         with session_scope(self.rt.sessions) as session:
             if plan.workflow_id:
                 lock_for_write(session)
             task = session.get(Task, plan.task_id, with_for_update=True)
             if task is None or task.status != TaskStatus.EXECUTING or task.lease_owner != owner:
-                log.warning("task %s changed hands while running; outcome discarded", plan.task_id)
-                return
+                log.warning(
+                    "task %s changed hands while running; outcome discarded", plan.task_id, extra=plan.log_extra()
+                )
+                return "discarded"
             task.service_requests = [*(task.service_requests or []), *outcome.requests]
+            was_fallback = task.fallback_active
             self._apply(session, task, outcome)
+            recorded = _recorded(task, was_fallback)
+        return recorded
 
     def _complete_fast(self, plan: Plan, owner: str, outcome: Outcome) -> bool:
         """The common case in one conditional UPDATE; False when the row changed since the claim."""
@@ -338,6 +358,30 @@ class TaskRunner:
             enqueue(session, dispatch_for(task))
         else:
             transition(session, task, TaskStatus.FAILED, message=outcome.message, category=category)
+
+
+def _recorded(task: Task, was_fallback: bool) -> str:
+    """What ``_apply`` made of the attempt: completed, failed, cancelled, retried or fallback."""
+    if task.status == TaskStatus.PENDING:
+        return "fallback" if task.fallback_active and not was_fallback else "retried"
+    return str(task.status).lower()
+
+
+def _labels(plan: Plan) -> tuple[str, str | None]:
+    return plan.task_type.value, plan.provider_type.value if plan.provider_type else None
+
+
+def _observe_claim(plan: Plan) -> None:
+    """Queue wait (created → first start), observed once per task: by its first attempt."""
+    if plan.attempt == 1 and plan.created_at is not None:
+        metrics.observe_task_wait(*_labels(plan), (plan.claimed_version - plan.created_at).total_seconds())
+
+
+def _observe_outcome(plan: Plan, recorded: str, seconds: float) -> None:
+    """The attempt's outcome and run time, once its recording committed."""
+    task_type, provider_type = _labels(plan)
+    metrics.observe_task_outcome(recorded, task_type, provider_type)
+    metrics.observe_task_run(task_type, provider_type, seconds)
 
 
 # Config fields in which providers mirror their remote job id (the spec's names).
@@ -500,10 +544,13 @@ class _Heartbeats:
         try:
             probe.beat()
         except LeaseLostError:
-            log.warning("task %s: lease lost; the running attempt will be discarded", probe.task_id)
+            extra = {"task_id": str(probe.task_id)}
+            log.warning("task %s: lease lost; the running attempt will be discarded", probe.task_id, extra=extra)
             self.remove(key)
         except Exception:  # a DB blip: the next beat retries; the lease has slack (3 beats per lease)
-            log.warning("task %s: heartbeat failed", probe.task_id, exc_info=True)
+            log.warning(
+                "task %s: heartbeat failed", probe.task_id, exc_info=True, extra={"task_id": str(probe.task_id)}
+            )
 
 
 _HEARTBEATS = _Heartbeats()

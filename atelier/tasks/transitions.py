@@ -207,6 +207,7 @@ CLAIM_COLUMNS = tuple(
         "workflow_id",
         "webhook_url",
         "run_timeout_seconds",
+        "created_at",  # the worker's queue-wait metric
     )
 )
 

@@ -455,6 +455,13 @@ def advance(session: Session, runtime: Runtime, workflow: Workflow) -> None:
                 _start_step(session, runtime, workflow, step, ready.inputs)
             except (InvalidInputError, ValidationError, ValueError) as exc:
                 _fail_step(step, f"could not start: {_message(exc)}", now)
+                log.info(
+                    "workflow %s: step %r could not start: %s",
+                    workflow.id,
+                    step.step_id,
+                    _message(exc),
+                    extra={"workflow_id": str(workflow.id), "tenant": workflow.tenant_id},
+                )
         if not (result.skipped or result.errors or result.ready):
             break
     _summarise(session, runtime, workflow, result.status, result.failed_steps, now)
@@ -509,6 +516,12 @@ def _summarise(
             workflow.error_message = reasons[0]
             workflow.errors = [*(workflow.errors or []), *reasons]
         workflow_finished(session, workflow, runtime.settings.webhooks.retry_window_seconds)
+        log.info(
+            "workflow %s finished: %s",
+            workflow.id,
+            status.value,
+            extra={"workflow_id": str(workflow.id), "tenant": workflow.tenant_id},
+        )
 
 
 def on_task_finished(session: Session, task: Task) -> None:
@@ -528,7 +541,10 @@ def on_task_finished(session: Session, task: Task) -> None:
         select(WorkflowStep).where(WorkflowStep.task_id == task.id).execution_options(**fresh)
     ).first()
     if step is None or step.status != StepStatus.RUNNING.value:
-        return  # the step was reset (resume) or cancelled meanwhile: this task's outcome no longer counts
+        # the step was reset (resume) or cancelled meanwhile: this task's outcome no longer counts
+        extra = {"task_id": str(task.id), "workflow_id": str(workflow_id), "tenant": task.tenant_id}
+        log.debug("workflow %s: outcome of task %s ignored (step no longer runs it)", workflow_id, task.id, extra=extra)
+        return
     now = utcnow()
     step.retry_count = task.retry_count
     step.updated_at = step.completed_at = now

@@ -30,6 +30,7 @@ import httpx
 
 from atelier.core.errors import InvalidInputError
 from atelier.core.inputs import FetchLimits, check_url
+from atelier.monitoring import metrics
 from atelier.providers.base import ProviderContext, ProviderFatalError, ProviderRetryableError
 from atelier.settings import RemoteServiceSettings
 from atelier.tasks.enums import ErrorCategory
@@ -250,15 +251,23 @@ class ServiceClient:
                 headers={**self.headers, **(headers or {})},
                 timeout=self.settings.timeout_seconds,
             )
+            entry["status"] = response.status_code
         except httpx.HTTPError as exc:
             entry["error"] = type(exc).__name__
             raise
         finally:
-            entry["duration_ms"] = round((time.perf_counter() - started) * 1000, 1)
-            entry["at"] = datetime.now(UTC).isoformat()
-            self.ctx.log_request(entry)
-        entry["status"] = response.status_code
+            self._log_call(entry, started)
         return response
+
+    def _log_call(self, entry: dict[str, Any], started: float) -> None:
+        """Finish a call's log entry (duration, time), append it to the task's log and observe its latency."""
+        elapsed = time.perf_counter() - started
+        entry["duration_ms"] = round(elapsed * 1000, 1)
+        entry["at"] = datetime.now(UTC).isoformat()
+        self.ctx.log_request(entry)
+        metrics.observe_provider_call(
+            self.service, metrics.call_outcome(entry.get("status"), entry.get("error")), elapsed
+        )
 
     def _classify(self, method: str, response: httpx.Response) -> Exception:
         status = response.status_code
@@ -357,9 +366,7 @@ class ServiceClient:
                 f"{self.service}: result download failed ({exc})", category=ErrorCategory.NETWORK_ERROR
             ) from exc
         finally:
-            entry["duration_ms"] = round((time.perf_counter() - started) * 1000, 1)
-            entry["at"] = datetime.now(UTC).isoformat()
-            self.ctx.log_request(entry)
+            self._log_call(entry, started)
         return Download(b"".join(chunks), content_type)
 
     def _classify_download(self, response: httpx.Response) -> Exception:
