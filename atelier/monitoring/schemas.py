@@ -23,11 +23,12 @@ class SortOrder(StrEnum):
 
 
 class TaskSortField(StrEnum):
-    """Columns a task list can be sorted by (each backed by an index)."""
+    """Columns a task list can be sorted by (each backed by an index, alone and after `tenant_id`).
+
+    Sorting by `completed_at` puts unfinished tasks last when ascending and first when descending (the index order).
+    """
 
     created_at = "created_at"
-    updated_at = "updated_at"
-    started_at = "started_at"
     completed_at = "completed_at"
     priority = "priority"
     status = "status"
@@ -37,8 +38,6 @@ class WorkflowSortField(StrEnum):
     """Columns a workflow list can be sorted by."""
 
     created_at = "created_at"
-    updated_at = "updated_at"
-    started_at = "started_at"
     completed_at = "completed_at"
     name = "name"
     status = "status"

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, Select, func, or_, select
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.orm import InstrumentedAttribute, Session, lazyload
 
 from atelier.core.auth import Principal, Role
 from atelier.core.db import session_scope
@@ -157,16 +157,18 @@ class MonitoringService:
         return stmt if self._all_tenants else stmt.where(tenant_column == self.principal.tenant)
 
     def _page(self, stmt: Select[Any], q: ListQuery) -> tuple[list[Any], int, bool]:
-        counted = self.session.scalar(select(func.count()).select_from(stmt.limit(COUNT_CAP + 1).subquery())) or 0
+        bounded = stmt.order_by(None).limit(COUNT_CAP + 1).subquery()  # any COUNT_CAP+1 rows: no sort needed
+        counted = self.session.scalar(select(func.count()).select_from(bounded)) or 0
         capped = counted > COUNT_CAP
         rows = list(self.session.execute(stmt.offset((q.page - 1) * q.page_size).limit(q.page_size)))
         return rows, min(counted, COUNT_CAP), capped
 
     @staticmethod
     def _sorted(stmt: Select[Any], column: Any, order: SortOrder, tie: Any) -> Select[Any]:
+        # The index's own order (no NULLS clause: "DESC NULLS LAST" would not match an index and force a full sort).
         if order is SortOrder.asc:
-            return stmt.order_by(column.asc().nulls_last(), tie.asc())
-        return stmt.order_by(column.desc().nulls_last(), tie.desc())
+            return stmt.order_by(column.asc(), tie.asc())
+        return stmt.order_by(column.desc(), tie.desc())
 
     # ---------------------------------------------------------------------------------------------- tasks
 
@@ -319,7 +321,8 @@ class MonitoringService:
 
     def list_workflows(self, q: ListQuery) -> MonitoringWorkflowListResponse:
         """A page of workflows matching every given filter (``search``: name prefix or id prefix)."""
-        stmt = self._scoped(select(Workflow).where(Workflow.is_deleted.is_(False)), Workflow.tenant_id)
+        listed = select(Workflow).where(Workflow.is_deleted.is_(False)).options(lazyload(Workflow.steps))
+        stmt = self._scoped(listed, Workflow.tenant_id)
         conditions: list[ColumnElement[bool]] = []
         for column, value in (
             (Workflow.status, q.status),

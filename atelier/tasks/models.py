@@ -21,7 +21,7 @@ class Task(Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     tenant_id: Mapped[str] = mapped_column(String(100), index=True)
     task_type: Mapped[str] = mapped_column(String(40), index=True)
-    status: Mapped[str] = mapped_column(String(20), index=True, default="PENDING")
+    status: Mapped[str] = mapped_column(String(20), default="PENDING")  # indexed with id: ix_tasks_status_id
     priority: Mapped[int] = mapped_column(Integer, default=0)
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     config: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
@@ -82,8 +82,14 @@ class Task(Base):
     __table_args__ = (
         Index("ix_tasks_tenant_created", "tenant_id", "created_at"),
         Index("ix_tasks_status_queue", "status", "queue_name"),
-        Index("ix_tasks_tenant_status", "tenant_id", "status"),
+        Index("ix_tasks_tenant_status", "tenant_id", "status", "id"),
         Index("ix_tasks_queue_order", "status", "queue_name", "priority", "created_at"),
+        # Monitoring sorts (alone for admins' fleet-wide lists, after tenant_id for a tenant's).
+        # `id` last: lists break ties by id, so a page is read straight from the index (no sort of a whole group).
+        Index("ix_tasks_status_id", "status", "id"),
+        Index("ix_tasks_priority", "priority", "id"),
+        Index("ix_tasks_tenant_priority", "tenant_id", "priority", "id"),
+        Index("ix_tasks_tenant_completed", "tenant_id", "completed_at"),
     )
 
 

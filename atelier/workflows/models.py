@@ -50,7 +50,12 @@ class Workflow(Base):
         back_populates="workflow", order_by="WorkflowStep.position", cascade="all, delete-orphan", lazy="selectin"
     )
 
-    __table_args__ = (Index("ix_workflows_tenant_created", "tenant_id", "created_at"),)
+    __table_args__ = (
+        Index("ix_workflows_tenant_created", "tenant_id", "created_at"),
+        # Name-prefix search (LIKE 'x%'): text_pattern_ops lets PostgreSQL use the index whatever the collation.
+        Index("ix_workflows_name", "name", postgresql_ops={"name": "text_pattern_ops"}),
+        Index("ix_workflows_tenant_name", "tenant_id", "name", postgresql_ops={"name": "text_pattern_ops"}),
+    )
 
 
 class WorkflowStep(Base):

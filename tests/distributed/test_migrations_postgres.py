@@ -1,4 +1,4 @@
-"""Alembic on PostgreSQL: from empty, step by step down (0005 → … → 0001), up again, down to base."""
+"""Alembic on PostgreSQL: from empty, step by step down (0006 → … → 0001), up again, down to base."""
 
 from __future__ import annotations
 
@@ -55,6 +55,10 @@ DELIVERY_COLUMNS = {"queue_deadline_at", "run_timeout_seconds", "attempt_started
 
 def test_upgrade_downgrade_upgrade(pg_url: str) -> None:
     upgrade(pg_url)
+    assert _revision(pg_url) == "0006"
+    assert _indexes(pg_url, "workflows")["ix_workflows_tenant_name"] == (False, ("tenant_id", "name"))
+    downgrade(pg_url, "-1")  # 0006 → 0005: the monitoring indexes go
+    assert "ix_tasks_tenant_priority" not in _indexes(pg_url, "tasks")
     assert _revision(pg_url) == "0005"
     assert {"webhook_deliveries", "webhook_attempts"} <= _tables(pg_url) and _columns(pg_url) >= DELIVERY_COLUMNS
     assert _indexes(pg_url, "task_events")["ix_task_events_webhook_pending"] == (False, ("id",))
@@ -83,7 +87,7 @@ def test_upgrade_downgrade_upgrade(pg_url: str) -> None:
     columns = _columns(pg_url)
     assert "dispatched_at" not in columns and "lease_expires_at" in columns
     upgrade(pg_url)
-    assert _revision(pg_url) == "0005"
+    assert _revision(pg_url) == "0006"
     assert "dispatched_at" in _columns(pg_url) and {"workflows", "idempotency_keys"} <= _tables(pg_url)
     assert "webhook_deliveries" in _tables(pg_url) and _columns(pg_url) >= DELIVERY_COLUMNS
     downgrade(pg_url, "base")

@@ -76,7 +76,13 @@ def test_task_list_filters_sorts_pages_and_scopes(api: Api) -> None:
     assert ok(api, "/tasks")["total"] == 6  # globex's task is not acme's
     admin = get(api, "/tasks", role=Role.ADMIN)
     assert admin.json()["total"] == 7  # an admin sees every tenant
-    for params in ({"sort_by": "prompt"}, {"page": 0}, {"page_size": 501}, {"status": "LOST"}):
+    for params in (
+        {"sort_by": "prompt"},
+        {"sort_by": "updated_at"},
+        {"page": 0},
+        {"page_size": 501},
+        {"status": "LOST"},
+    ):
         assert get(api, "/tasks", **params).status_code == 422, params
     assert api.client.get(f"{BASE}/tasks").status_code == 401
 
