@@ -331,7 +331,7 @@ class MetricsSettings(BaseModel):
     enabled: bool = Field(True, description="Serve `GET /metrics` (Prometheus text format).")
     public: bool = Field(
         False,
-        description="Serve `/metrics` without a token. Otherwise it needs an admin or service JWT "
+        description="Serve `/metrics` without a token. Otherwise it needs an admin JWT (it covers every tenant) "
         "(Prometheus sends one with `authorization: {credentials: …}` or `bearer_token_file`).",
     )
 

@@ -214,12 +214,15 @@ async def metrics_access(
     runtime: RuntimeDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> Principal | None:
-    """Open when ``metrics.public``; otherwise an admin or service token (401 without one, 403 for viewers)."""
+    """Open when ``metrics.public``; otherwise an admin token (401 without one, 403 for other roles).
+
+    The figures are fleet-wide (every tenant's tasks), so a tenant's service token may not read them.
+    """
     if runtime.settings.metrics.public:
         return None
     principal = await get_principal(runtime, credentials)
-    if principal.role is Role.VIEWER:
-        raise ForbiddenError("metrics need an admin or service token")
+    if principal.role is not Role.ADMIN:
+        raise ForbiddenError("metrics cover every tenant: they need an admin token")
     return principal
 
 

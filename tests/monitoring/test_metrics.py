@@ -114,12 +114,12 @@ def test_embedded_worker_is_counted(api: Api) -> None:
     assert value(scrape(api), "atelier_workers", mode="embedded") == 1
 
 
-def test_metrics_need_an_admin_or_service_token(idle_api: Api) -> None:
+def test_metrics_need_an_admin_token(idle_api: Api) -> None:
     client = idle_api.client
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", headers={"Authorization": "Bearer not-a-jwt"}).status_code == 401
     assert client.get("/metrics", headers=idle_api.headers(role=Role.VIEWER)).status_code == 403
-    assert client.get("/metrics", headers=idle_api.headers(role=Role.SERVICE)).status_code == 200
+    assert client.get("/metrics", headers=idle_api.headers(role=Role.SERVICE)).status_code == 403  # fleet-wide
     assert client.get("/metrics", headers=idle_api.headers(role=Role.ADMIN)).status_code == 200
 
 
