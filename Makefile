@@ -4,8 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 MODELS := $(VENV)/share/atelier-models
+APT := $(if $(filter 0,$(shell id -u)),,sudo )env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: install run test test-fast lint format clean
+.PHONY: install browser run test test-fast lint format clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,10 +18,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install the service with its dev tools, ML extra and shipped model weights
 
+browser:  ## Chromium + chromedriver for the dashboard's browser tests (apt-get, through sudo unless root)
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; else \
+		$(APT) install -y --no-install-recommends chromium chromium-driver \
+		|| { $(APT) update -qq && $(APT) install -y --no-install-recommends chromium chromium-driver; }; \
+	fi
+
 run: install  ## migrate and serve on the embedded default at http://127.0.0.1:8000 (docs at /docs)
 	$(BIN)/atelier serve
 
-test: install  ## the whole test suite (integration tests skip without servers unless CI=true)
+test: install $(if $(filter true,$(CI)),browser,)  ## the whole test suite (integration and browser tests skip without their servers/browser unless CI=true)
 	$(BIN)/pytest
 
 test-fast: install  ## skip tests marked slow

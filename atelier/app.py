@@ -15,6 +15,7 @@ from atelier import __version__
 from atelier.admin.endpoints import router as admin_router
 from atelier.core.http import BodySizeLimit, install_error_handlers
 from atelier.core.runtime import Runtime, build_runtime
+from atelier.dashboard import mount_dashboard
 from atelier.delivery.endpoints import document_webhooks
 from atelier.delivery.endpoints import router as delivery_router
 from atelier.delivery.sender import WebhookLoop
@@ -97,6 +98,7 @@ def create_app(settings: Settings | None = None, *, providers: ProviderRegistry 
     app.include_router(delivery_router)
     app.include_router(monitoring_router)
     app.include_router(workers_router)
+    mount_dashboard(app)
     document_webhooks(app)
     app.add_api_route("/health", health, methods=["GET"], summary="Health Check", include_in_schema=True)
     if settings.metrics.enabled:
