@@ -93,6 +93,16 @@ def id_range(prefix: str) -> tuple[uuid.UUID, uuid.UUID] | None:
     return uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
 
 
+def _matching(q: ListQuery, created: Any, *equal: tuple[Any, str | None]) -> list[ColumnElement[bool]]:
+    """The conditions of a list query: each given ``(column, value)`` equality, and the created window."""
+    found: list[ColumnElement[bool]] = [column == value for column, value in equal if value is not None]
+    if q.created_after is not None:
+        found.append(created > q.created_after)
+    if q.created_before is not None:
+        found.append(created < q.created_before)
+    return found
+
+
 def _pages(total: int, page_size: int) -> int:
     return max(1, math.ceil(total / page_size))
 
@@ -189,18 +199,16 @@ class MonitoringService:
             Task.errors,
         )
         stmt = self._scoped(select(*columns), Task.tenant_id)
-        conditions: list[ColumnElement[bool]] = []
-        for column, value in (
+        conditions = _matching(
+            q,
+            Task.created_at,
             (Task.status, q.status),
             (Task.task_type, q.task_type),
             (Task.provider_type, q.provider_type),
             (Task.origin_instance, q.origin_instance),
             (Task.origin_zone, q.origin_zone),
             (Task.origin_tenant_id, q.origin_tenant_id),
-        ):
-            if value is not None:
-                conditions.append(column == value)
-        conditions.extend(self._created(Task.created_at, q))
+        )
         if q.search:
             bounds = id_range(q.search)
             if bounds is None:
@@ -236,15 +244,6 @@ class MonitoringService:
             pages=_pages(total, q.page_size),
             total_capped=capped,
         )
-
-    @staticmethod
-    def _created(column: Any, q: ListQuery) -> list[ColumnElement[bool]]:
-        found: list[ColumnElement[bool]] = []
-        if q.created_after is not None:
-            found.append(column > q.created_after)
-        if q.created_before is not None:
-            found.append(column < q.created_before)
-        return found
 
     def _task(self, task_id: uuid.UUID) -> Task:
         task: Task | None = self.session.scalars(
@@ -323,16 +322,14 @@ class MonitoringService:
         """A page of workflows matching every given filter (``search``: name prefix or id prefix)."""
         listed = select(Workflow).where(Workflow.is_deleted.is_(False)).options(lazyload(Workflow.steps))
         stmt = self._scoped(listed, Workflow.tenant_id)
-        conditions: list[ColumnElement[bool]] = []
-        for column, value in (
+        conditions = _matching(
+            q,
+            Workflow.created_at,
             (Workflow.status, q.status),
             (Workflow.origin_instance, q.origin_instance),
             (Workflow.origin_zone, q.origin_zone),
             (Workflow.origin_tenant_id, q.origin_tenant_id),
-        ):
-            if value is not None:
-                conditions.append(column == value)
-        conditions.extend(self._created(Workflow.created_at, q))
+        )
         if q.search:
             escaped = q.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             matches: list[ColumnElement[bool]] = [Workflow.name.like(f"{escaped}%", escape="\\")]
