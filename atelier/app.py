@@ -24,6 +24,8 @@ from atelier.engine.embedded import EmbeddedWorker
 from atelier.engine.reaper import ReaperLoop
 from atelier.engine.recovery import recover
 from atelier.engine.transport import purge_vhost
+from atelier.lora.endpoints import UPLOAD_PATHS as LORA_UPLOAD_PATHS
+from atelier.lora.endpoints import router as lora_router
 from atelier.monitoring.endpoints import router as monitoring_router
 from atelier.monitoring.metrics import metrics
 from atelier.monitoring.workers_endpoints import router as workers_router
@@ -89,11 +91,13 @@ def create_app(settings: Settings | None = None, *, providers: ProviderRegistry 
     app.add_middleware(
         BodySizeLimit,
         max_bytes=max(settings.storage.max_upload_bytes, settings.inputs.max_bytes * 2) + 1024 * 1024,
+        path_limits=dict.fromkeys(LORA_UPLOAD_PATHS, settings.lora.max_bytes + 1024 * 1024),
     )
     app.include_router(tasks_router)
     app.include_router(storage_router)
     app.include_router(status_router)
     app.include_router(admin_router)
+    app.include_router(lora_router)
     app.include_router(workflows_router)
     app.include_router(delivery_router)
     app.include_router(monitoring_router)

@@ -351,6 +351,20 @@ class LogSettings(BaseModel):
     )
 
 
+class LoraSettings(BaseModel):
+    """LoRA model files: where uploads are kept, where deleted files go, how large one may be."""
+
+    root: Path | None = Field(
+        None, description="Folder of LoRA files (`<root>/<entity_type>/<file>`). Empty: `data_dir/models/loras`."
+    )
+    bin_root: Path | None = Field(
+        None,
+        description="Folder deleted LoRA files are moved to (same layout, for recovery). "
+        "Empty: `data_dir/bin/models/loras`.",
+    )
+    max_bytes: int = Field(500 * 1024 * 1024, ge=1, description="Largest accepted LoRA file (bigger uploads get 413).")
+
+
 class Settings(BaseSettings):
     """All settings of Atelier Compute."""
 
@@ -373,6 +387,7 @@ class Settings(BaseSettings):
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log: LogSettings = Field(default_factory=LogSettings)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
 
     @model_validator(mode="after")
     def _refuse_dev_secret(self) -> Settings:
@@ -399,3 +414,13 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """True when no external broker is configured (in-process Celery)."""
         return not self.broker.url
+
+    @property
+    def lora_root(self) -> Path:
+        """The effective folder of LoRA model files."""
+        return (self.lora.root or self.data_dir / "models" / "loras").resolve()
+
+    @property
+    def lora_bin_root(self) -> Path:
+        """The effective folder deleted LoRA files are moved to."""
+        return (self.lora.bin_root or self.data_dir / "bin" / "models" / "loras").resolve()

@@ -16,7 +16,15 @@ from atelier.app import create_app
 SHARED = Path(__file__).resolve().parents[3] / "shared"
 TOOL = SHARED / "tools" / "spec_conformance.py"
 SPEC = SHARED / "spec" / "compute-api.openapi.json"
-IMPLEMENTED_PREFIXES = ("/api/v1/tasks", "/api/v1/storage", "/api/v1/workflows", "/api/v1/monitoring", "/health")
+IMPLEMENTED_PREFIXES = (
+    "/api/v1/tasks",
+    "/api/v1/storage",
+    "/api/v1/workflows",
+    "/api/v1/monitoring",
+    "/health",
+    "/api/v1/lora",
+    "/api/v1/admin/lora",
+)
 
 needs_spec = pytest.mark.skipif(
     not TOOL.exists() and os.environ.get("CI") != "true",
