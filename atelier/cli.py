@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -106,6 +107,20 @@ def webhook_secret() -> None:
 
     for secret in secrets_of(Settings()):
         typer.echo(secret)
+
+
+@cli.command("tiny-pipeline")
+def tiny_pipeline(
+    folder: Annotated[Path, typer.Argument(help="Folder to write the pipeline into")],
+    kind: Annotated[str, typer.Option(help="sd (Stable-Diffusion-style) or flux (Flux-style)")] = "sd",
+    seed: Annotated[int, typer.Option(help="Seed for the random weights")] = 0,
+) -> None:
+    """Build a tiny diffusers pipeline with random weights (offline; for tests and smoke runs; needs the ml extra)."""
+    from atelier.training.tiny import build_tiny_pipeline
+
+    if kind not in ("sd", "flux"):
+        raise typer.BadParameter("kind must be sd or flux")
+    typer.echo(build_tiny_pipeline(folder, "sd" if kind == "sd" else "flux", seed))
 
 
 def main() -> None:
