@@ -16,12 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from atelier.tasks.enums import TERMINAL_STATUSES, EventType, TaskStatus, TaskType
 from atelier.tasks.models import Task, TaskEvent
 from atelier.tasks.schemas import PUBLIC_MODELS
+from atelier.tasks.transitions import WEBHOOK_EVENTS
 from atelier.workflows.models import Workflow
 
 # Task types whose result is an image: their terminal events are also reported as an InferenceStatusEvent.
 INFERENCE_TYPES = frozenset(t.value for t, m in PUBLIC_MODELS.items() if "result_image_path" in m.model_fields)
-# Task events that are delivered (the others — retry scheduled, fallback, cancel requested — stay in the trail).
-DELIVERED_EVENTS = frozenset({EventType.TASK_CREATED.value, EventType.TASK_STATUS.value})
 _TERMINAL = frozenset(s.value for s in TERMINAL_STATUSES)
 
 
@@ -145,7 +144,7 @@ def _common(task: Task, event: TaskEvent) -> dict[str, Any]:
 
 def task_event_payloads(event: TaskEvent, task: Task) -> list[BaseEvent]:
     """The webhook bodies of one task event row: none, one, or two (a finished image task's inference event)."""
-    if event.event_type not in DELIVERED_EVENTS or event.status is None:
+    if event.event_type not in WEBHOOK_EVENTS or event.status is None:  # the events flagged for the outbox
         return []
     common = _common(task, event)
     if event.event_type == EventType.TASK_CREATED.value:

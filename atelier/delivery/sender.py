@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 from sqlalchemy import or_, select, update
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy.orm import aliased
 
 from atelier import __version__
 from atelier.core.db import session_scope
@@ -76,11 +76,7 @@ class AttemptResult:
 
 def claim_due(runtime: Runtime, limit: int) -> list[Claimed]:
     """Lease up to ``limit`` due deliveries (each the oldest PENDING one of its target)."""
-    with session_scope(runtime.sessions) as session:
-        return _claim(session, runtime.settings.webhooks, limit)
-
-
-def _claim(session: Session, settings: WebhookSettings, limit: int) -> list[Claimed]:
+    settings = runtime.settings.webhooks
     now = utcnow()
     lease = now + timedelta(seconds=settings.timeout_seconds + LEASE_MARGIN_SECONDS)
     earlier = aliased(WebhookDelivery)
@@ -96,18 +92,19 @@ def _claim(session: Session, settings: WebhookSettings, limit: int) -> list[Clai
         .order_by(D.next_attempt_at, D.id)
         .limit(limit)
     )
-    if session.get_bind().dialect.name == "postgresql":
-        due = due.with_for_update(skip_locked=True)
-    ids = list(session.scalars(due))
-    if not ids:
-        return []
-    rows = session.execute(  # re-checked: another process may have leased some of them since the read
-        update(D)
-        .where(D.id.in_(ids), D.state == PENDING, or_(D.lease_until.is_(None), D.lease_until < now))
-        .values(lease_until=lease, attempts=D.attempts + 1, updated_at=now)
-        .returning(D.id, D.webhook_id, D.url, D.payload, D.attempts)
-        .execution_options(synchronize_session=False)
-    ).all()
+    with session_scope(runtime.sessions) as session:
+        if session.get_bind().dialect.name == "postgresql":
+            due = due.with_for_update(skip_locked=True)
+        ids = list(session.scalars(due))
+        if not ids:
+            return []
+        rows = session.execute(  # re-checked: another process may have leased some of them since the read
+            update(D)
+            .where(D.id.in_(ids), D.state == PENDING, or_(D.lease_until.is_(None), D.lease_until < now))
+            .values(lease_until=lease, attempts=D.attempts + 1, updated_at=now)
+            .returning(D.id, D.webhook_id, D.url, D.payload, D.attempts)
+            .execution_options(synchronize_session=False)
+        ).all()
     return [Claimed(r.id, r.webhook_id, r.url, r.payload, r.attempts) for r in rows]
 
 

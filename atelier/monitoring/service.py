@@ -294,6 +294,16 @@ class MonitoringService:
         with session_scope(self.runtime.sessions) as session:
             return work(MonitoringService(session, self.principal, self.runtime))
 
+    def _created_recently(
+        self, model: type[Task] | type[Workflow], tenant: Any, filters: list[ColumnElement[bool]]
+    ) -> tuple[int, int]:
+        """How many rows of ``model`` matching ``filters`` were created in the last hour and the last day."""
+        now = utcnow()
+        recent = self._scoped(select(func.count()).select_from(model).where(*filters), tenant)
+        hour = self.session.scalar(recent.where(model.created_at >= now - timedelta(hours=1))) or 0
+        day = self.session.scalar(recent.where(model.created_at >= now - timedelta(days=1))) or 0
+        return int(hour), int(day)
+
     def _task_stats(self, origin_instance: str | None, origin_zone: str | None) -> AggregateStats:
         filters: list[ColumnElement[bool]] = []
         if origin_instance is not None:
@@ -310,10 +320,7 @@ class MonitoringService:
             result.by_task_type[task_type] = result.by_task_type.get(task_type, 0) + count
             name = provider or "NONE"
             result.by_provider[name] = result.by_provider.get(name, 0) + count
-        now = utcnow()
-        recent = self._scoped(select(func.count()).select_from(Task).where(*filters), Task.tenant_id)
-        result.tasks_last_hour = self.session.scalar(recent.where(Task.created_at >= now - timedelta(hours=1))) or 0
-        result.tasks_last_24h = self.session.scalar(recent.where(Task.created_at >= now - timedelta(days=1))) or 0
+        result.tasks_last_hour, result.tasks_last_24h = self._created_recently(Task, Task.tenant_id, filters)
         return result
 
     # ------------------------------------------------------------------------------------------- workflows
@@ -396,14 +403,8 @@ class MonitoringService:
             steps += int(step_sum or 0)
         if result.total_workflows:
             result.avg_steps_per_workflow = round(steps / result.total_workflows, 3)
-        now = utcnow()
-        recent = self._scoped(select(func.count()).select_from(Workflow).where(*filters), Workflow.tenant_id)
-        result.workflows_last_hour = (
-            self.session.scalar(recent.where(Workflow.created_at >= now - timedelta(hours=1))) or 0
-        )
-        result.workflows_last_24h = (
-            self.session.scalar(recent.where(Workflow.created_at >= now - timedelta(days=1))) or 0
-        )
+        counts = self._created_recently(Workflow, Workflow.tenant_id, filters)
+        result.workflows_last_hour, result.workflows_last_24h = counts
         return result
 
     def workflow_detail(self, workflow_id: uuid.UUID) -> WorkflowDetailResponse:

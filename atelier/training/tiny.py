@@ -146,9 +146,27 @@ def _clip_text_encoder(tokenizer: Any, seed: int) -> Any:
     return CLIPTextModel(config).eval()
 
 
+def _tiny_vae(seed: int, **flux_options: Any) -> Any:
+    """The tiny VAE both pipeline shapes share (Flux's drops the quant convs and the latent scaling)."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        sample_size=64,
+        **flux_options,
+    )
+
+
 def _build_sd(folder: Path, seed: int, work: Path) -> Any:
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -162,16 +180,7 @@ def _build_sd(folder: Path, seed: int, work: Path) -> Any:
         cross_attention_dim=32,
         norm_num_groups=32,
     )
-    torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(32, 64),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        sample_size=64,
-    )
+    vae = _tiny_vae(seed + 1)
     tokenizer = _clip_tokenizer(work / "clip")
     text_encoder = _clip_text_encoder(tokenizer, seed + 2)
     scheduler = DDIMScheduler(
@@ -196,7 +205,7 @@ def _build_sd(folder: Path, seed: int, work: Path) -> Any:
 
 def _build_flux(folder: Path, seed: int, work: Path) -> Any:
     import torch
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
@@ -211,20 +220,7 @@ def _build_flux(folder: Path, seed: int, work: Path) -> Any:
         pooled_projection_dim=32,
         axes_dims_rope=(4, 4, 8),
     )
-    torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(32, 64),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        sample_size=64,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=0.0,
-        scaling_factor=1.0,
-    )
+    vae = _tiny_vae(seed + 1, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0, scaling_factor=1.0)
     tokenizer = _clip_tokenizer(work / "clip")
     text_encoder = _clip_text_encoder(tokenizer, seed + 2)
     tokenizer_2 = _t5_tokenizer()
