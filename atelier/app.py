@@ -24,6 +24,7 @@ from atelier.engine.embedded import EmbeddedWorker
 from atelier.engine.reaper import ReaperLoop
 from atelier.engine.recovery import recover
 from atelier.engine.transport import purge_vhost
+from atelier.evaluation.endpoints import router as evaluation_router
 from atelier.lora.endpoints import UPLOAD_PATHS as LORA_UPLOAD_PATHS
 from atelier.lora.endpoints import router as lora_router
 from atelier.monitoring.endpoints import router as monitoring_router
@@ -34,6 +35,7 @@ from atelier.settings import Settings
 from atelier.status.endpoints import router as status_router
 from atelier.storage.endpoints import router as storage_router
 from atelier.tasks.endpoints import router as tasks_router
+from atelier.training.endpoints import router as training_router
 from atelier.workflows.endpoints import router as workflows_router
 
 log = logging.getLogger(__name__)
@@ -98,10 +100,12 @@ def create_app(settings: Settings | None = None, *, providers: ProviderRegistry 
     app.include_router(status_router)
     app.include_router(admin_router)
     app.include_router(lora_router)
+    app.include_router(training_router)
     app.include_router(workflows_router)
     app.include_router(delivery_router)
     app.include_router(monitoring_router)
     app.include_router(workers_router)
+    app.include_router(evaluation_router)
     mount_dashboard(app)
     document_webhooks(app)
     app.add_api_route("/health", health, methods=["GET"], summary="Health Check", include_in_schema=True)

@@ -365,6 +365,102 @@ class LoraSettings(BaseModel):
     max_bytes: int = Field(500 * 1024 * 1024, ge=1, description="Largest accepted LoRA file (bigger uploads get 413).")
 
 
+class DiffusionSettings(BaseModel):
+    """The LOCAL GENERATION/EDITING provider (diffusers): base pipeline, device, defaults, pipeline cache."""
+
+    base_model_path: str | None = Field(
+        None,
+        description="Base diffusers pipeline: a local folder, or a Hugging Face hub id already in the local cache "
+        "(never downloaded). Empty: LOCAL GENERATION/EDITING tasks fail as PROVIDER_NOT_AVAILABLE.",
+    )
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        "auto", description="torch device; `auto`: CUDA when available, else CPU."
+    )
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="Weights dtype; `auto`: bfloat16 (or float16) on CUDA, float32 elsewhere."
+    )
+    default_steps: int = Field(
+        28, ge=1, le=200, description="Denoising steps when a task's `config.num_inference_steps` is not set."
+    )
+    max_steps: int = Field(200, ge=1, description="Largest `config.num_inference_steps` a task may ask for.")
+    max_pixels: int = Field(4_194_304, ge=64, description="Largest width×height a task may ask for (2048² default).")
+    cache_size: int = Field(
+        1, ge=1, le=16, description="Pipelines kept loaded per worker process (least recently used one is dropped)."
+    )
+
+
+class TrainingSettings(BaseModel):
+    """LoRA training jobs: where a worker keeps its scratch files, defaults of the ai-toolkit-style knobs."""
+
+    work_dir: Path | None = Field(
+        None,
+        description="Scratch folder of training workers (dataset, checkpoints before upload). "
+        "Empty: `data_dir/training`. Storage, not this folder, is what survives a worker.",
+    )
+    resolution: int = Field(512, ge=8, le=4096, description="Training images are resized and cropped to this square.")
+    save_every: int = Field(2000, ge=0, description="Default checkpoint interval in steps (0: only the final LoRA).")
+    max_step_saves_to_keep: int = Field(4, ge=1, description="Default number of step checkpoints kept.")
+    sample_every: int = Field(250, ge=0, description="Default sampling interval in steps (needs sample prompts).")
+    sample_steps: int = Field(25, ge=1, description="Default inference steps per sample image.")
+    max_steps: int = Field(100_000, ge=1, description="Largest `steps` a training request may ask for.")
+    max_source_images: int = Field(200, ge=1, description="Largest number of source images per training.")
+    progress_interval_seconds: float = Field(
+        1.0, ge=0, description="Least time between progress writes to the database during the loop."
+    )
+    max_log_chars: int = Field(20_000, ge=1_000, description="The `logs` field keeps the last this many characters.")
+    captioning_provider: Literal["openai", "anthropic", "gemini", "ollama"] | None = Field(
+        None, description="AiCore vendor that writes captions for the `vlm` strategy (its credentials: `providers.*`)."
+    )
+    captioning_model: str | None = Field(None, description="Vision model of the captioning vendor, e.g. `gpt-4o-mini`.")
+
+
+class EvaluationModels(BaseModel):
+    """Vision model of each LLM evaluation backend (a text+image model, not an image generator)."""
+
+    openai: str = Field("gpt-4o-mini", description="OpenAI chat model with image input.")
+    anthropic: str = Field("claude-sonnet-4-5", description="Anthropic model with image input.")
+    gemini: str = Field("gemini-2.5-flash", description="Gemini model on the Google AI API.")
+    ollama: str = Field("llava", description="Ollama vision model (pulled on the Ollama server).")
+    vertex: str = Field("gemini-2.5-flash", description="Gemini model on Vertex AI.")
+
+
+class EvaluationSettings(BaseModel):
+    """Shot evaluation (`POST /api/v1/evaluation/`): backends, vision-LLM models, retries and circuit breakers."""
+
+    default_provider: Literal["local", "openai", "anthropic", "gemini", "ollama", "vertex"] = Field(
+        "local",
+        description="Backend used when a request names no `provider`: `local` (offline OpenCV detectors) or a "
+        "vision LLM (an AiCore vendor or `vertex`, connected with `providers.<name>`).",
+    )
+    models: EvaluationModels = Field(
+        default_factory=EvaluationModels,
+        description="Vision model per LLM backend (`ATELIER_EVALUATION__MODELS__OPENAI`…).",
+    )
+    temperature: float = Field(0.0, ge=0, le=1, description="Sampling temperature of the vision LLM.")
+    max_tokens: int = Field(1024, ge=64, description="Answer budget of one vision-LLM call.")
+    llm_attempts: int = Field(
+        2, ge=1, le=5, description="Tries of one evaluation when the LLM answers JSON that does not fit the schema."
+    )
+    max_side: int = Field(
+        1024, ge=128, le=4096, description="Images are downscaled to this long side before analysis or upload."
+    )
+    custom_instructions_max_chars: int = Field(
+        2000, ge=0, description="Longest `custom_instructions` accepted (longer requests get 422)."
+    )
+    failure_threshold: int = Field(
+        5, ge=1, description="Consecutive backend failures that open its circuit breaker (fast 503s while open)."
+    )
+    recovery_seconds: float = Field(
+        30.0, gt=0, description="Seconds an open breaker waits before letting one probe call through (half-open)."
+    )
+    health_window: int = Field(
+        100, ge=1, description="Latest evaluations per backend that the health success rate and latency cover."
+    )
+    healthy_success_rate: float = Field(
+        0.8, ge=0, le=1, description="`/evaluation/health` reports healthy at or above this windowed success rate."
+    )
+
+
 class Settings(BaseSettings):
     """All settings of Atelier Compute."""
 
@@ -388,6 +484,9 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     lora: LoraSettings = Field(default_factory=LoraSettings)
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    diffusion: DiffusionSettings = Field(default_factory=DiffusionSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
 
     @model_validator(mode="after")
     def _refuse_dev_secret(self) -> Settings:
@@ -414,6 +513,11 @@ class Settings(BaseSettings):
     def embedded(self) -> bool:
         """True when no external broker is configured (in-process Celery)."""
         return not self.broker.url
+
+    @property
+    def training_root(self) -> Path:
+        """The effective scratch folder of training workers."""
+        return (self.training.work_dir or self.data_dir / "training").resolve()
 
     @property
     def lora_root(self) -> Path:

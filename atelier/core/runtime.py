@@ -65,6 +65,7 @@ def build_runtime(settings: Settings, providers: ProviderRegistry | None = None,
     """Create every long-lived object; the Celery task runner is wired to this runtime."""
     from atelier.tasks.execution import TaskRunner
     from atelier.tasks.transitions import install_webhook_signal
+    from atelier.training.runner import TrainingRunner
     from atelier.workflows.hooks import install_workflow_hooks
 
     if settings.database.url is None:
@@ -87,10 +88,11 @@ def build_runtime(settings: Settings, providers: ProviderRegistry | None = None,
         http=httpx.Client(timeout=settings.inputs.fetch_timeout_seconds, follow_redirects=False),
         worker_name=f"{socket.gethostname()}:{os.getpid()}",
     )
+    runtime.providers.configure(settings)
     runtime.sessions.configure(info={"runtime": runtime})  # engine hooks (workflow planning) reach the runtime
     install_workflow_hooks()
     install_webhook_signal(runtime.sessions)
     runner = TaskRunner(runtime)
-    runtime.celery = create_celery(settings, runner.run)
+    runtime.celery = create_celery(settings, runner.run, TrainingRunner(runtime).run)
     install_outbox(runtime.sessions, publisher(runtime.celery, settings))
     return runtime

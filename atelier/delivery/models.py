@@ -11,6 +11,7 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from atelier.core.db import Base, JSONType, UTCDateTime
 from atelier.core.time import utcnow
+from atelier.training import models as _training_models  # noqa: F401 - training_tasks, for the foreign key
 
 
 class WebhookDelivery(Base):
@@ -28,6 +29,9 @@ class WebhookDelivery(Base):
     )
     workflow_id: Mapped[uuid.UUID | None] = mapped_column(
         Uuid, ForeignKey("workflows.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    training_id: Mapped[uuid.UUID | None] = mapped_column(
+        Uuid, ForeignKey("training_tasks.id", ondelete="CASCADE"), nullable=True, index=True
     )
     event_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     event_type: Mapped[str] = mapped_column(String(40))

@@ -46,6 +46,7 @@ def new_delivery(
     task_id: uuid.UUID | None = None,
     workflow_id: uuid.UUID | None = None,
     event_id: int | None = None,
+    training_id: uuid.UUID | None = None,
 ) -> WebhookDelivery:
     """A PENDING delivery, due now, retried until ``now + window``; its ``webhook_id`` never changes."""
     return WebhookDelivery(
@@ -54,6 +55,7 @@ def new_delivery(
         target=target,
         task_id=task_id,
         workflow_id=workflow_id,
+        training_id=training_id,
         event_id=event_id,
         event_type=payload.event_type.value,
         url=url,

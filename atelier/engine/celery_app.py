@@ -19,6 +19,8 @@ from atelier.providers.registry import ALL_QUEUES, DEFAULT_QUEUE
 from atelier.settings import Settings
 
 RUN_TASK = "tasks.run"
+RUN_TRAINING = "training.run"
+TASK_NAMES = {"task": RUN_TASK, "training": RUN_TRAINING}
 PRIORITY_LEVELS = 10  # broker priorities 0..9
 
 
@@ -63,8 +65,12 @@ def _queues(settings: Settings, kind: str) -> list[Queue]:
     ]
 
 
-def create_celery(settings: Settings, run_task: Callable[[str, str | None], None]) -> Celery:
-    """Build a Celery app whose only job is "run task <id>"; the database holds everything else."""
+def create_celery(
+    settings: Settings,
+    run_task: Callable[[str, str | None], None],
+    run_training: Callable[[str, str | None], None] | None = None,
+) -> Celery:
+    """Build a Celery app whose only jobs are "run task <id>" and "run training <id>"; the database holds the rest."""
     transport.register()
     app = Celery("atelier", set_as_current=False)
     broker = settings.broker.url or f"{transport.SCHEME}://localhost/{uuid.uuid4().hex}"
@@ -110,6 +116,13 @@ def create_celery(settings: Settings, run_task: Callable[[str, str | None], None
     def run(self: Task[Any, Any], task_id: str) -> None:
         run_task(task_id, self.request.id)
 
+    if run_training is not None:
+        training = run_training
+
+        @app.task(name=RUN_TRAINING, ignore_result=True, shared=False, bind=True)
+        def train(self: Task[Any, Any], training_id: str) -> None:
+            training(training_id, self.request.id)
+
     return app
 
 
@@ -121,7 +134,7 @@ def publisher(app: Celery, settings: Settings) -> Callable[[Dispatch], None]:
         band = message_priority(item.priority, bursting=item.bursting)
         name = queue_name(settings, item.queue)
         app.send_task(
-            RUN_TASK,
+            TASK_NAMES[item.kind],
             args=[str(item.task_id)],
             queue=name,
             routing_key=name,

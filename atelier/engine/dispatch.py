@@ -26,6 +26,7 @@ class Dispatch:
     message_id: str
     countdown: float | None = None
     bursting: bool = False  # its tenant is over its fair share of waiting tasks
+    kind: str = "task"  # "task" (tasks.run) or "training" (training.run): which Celery task runs it
 
 
 def enqueue(session: Session, dispatch: Dispatch) -> None:

@@ -22,6 +22,7 @@ from atelier.tasks.enums import ErrorCategory, TaskStatus
 from atelier.tasks.execution import dispatch_for
 from atelier.tasks.models import Task
 from atelier.tasks.transitions import transition
+from atelier.training.recovery import sweep_trainings
 
 log = logging.getLogger(__name__)
 
@@ -73,21 +74,22 @@ def sweep(runtime: Runtime) -> SweepReport:
             elif _no_live_message(task, republish_before):
                 enqueue(session, dispatch_for(task))  # the claim takes it over as a resume
                 resumed += 1
+        trainings = sweep_trainings(session, runtime, now, republish_before)
         expired_keys = idempotency.delete_expired(session, now=now, limit=BATCH)
         queue_timeouts = lifetimes.expire_overdue(session, now, BATCH)
         run_timeouts = lifetimes.fail_overruns(session, now, BATCH)
         purged = lifetimes.purge_expired(session, runtime.storage, now, BATCH)
     report = SweepReport(
         ran=True,
-        republished=len(stale),
-        resumed=resumed,
-        failed=failed,
+        republished=len(stale) + trainings.republished,
+        resumed=resumed + trainings.resumed,
+        failed=failed + trainings.failed,
         expired_keys=expired_keys,
         queue_timeouts=queue_timeouts,
         run_timeouts=run_timeouts,
         purged=purged,
     )
-    if any((stale, resumed, failed, expired_keys, queue_timeouts, run_timeouts, purged)):
+    if any((report.republished, report.resumed, report.failed, expired_keys, queue_timeouts, run_timeouts, purged)):
         log.info("reaper: %s", report)
     return report
 

@@ -11,6 +11,7 @@ from atelier.core.time import utcnow
 from atelier.engine.dispatch import enqueue
 from atelier.tasks import repository
 from atelier.tasks.execution import dispatch_for
+from atelier.training.recovery import recover_trainings
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,9 @@ def recover(runtime: Runtime, *, orphan_running: bool) -> int:
                 task.lease_expires_at = now - timedelta(seconds=1)
             delay = max((task.not_before - now).total_seconds(), 0.0) if task.not_before else None
             enqueue(session, dispatch_for(task, countdown=delay))
+        trainings = recover_trainings(session, orphan_running=orphan_running)
+    if trainings:
+        log.info("recovery: re-published %d training(s)", trainings)
     if tasks:
         log.info("recovery: re-published %d task(s)", len(tasks))
     return len(tasks)

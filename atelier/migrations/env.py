@@ -8,6 +8,7 @@ from sqlalchemy import Connection, engine_from_config, pool
 import atelier.core.idempotency
 import atelier.delivery.models
 import atelier.tasks.models
+import atelier.training.models
 import atelier.workflows.models  # noqa: F401
 from atelier.core.db import Base
 

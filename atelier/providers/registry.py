@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from atelier.providers.base import Provider, ProviderNotAvailableError
 from atelier.providers.configs import CONFIG_MODELS
-from atelier.settings import ProviderSettings
+from atelier.settings import ProviderSettings, Settings
 from atelier.tasks.enums import ProviderType, TaskType
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,8 @@ QUEUE_BY_PROVIDER: dict[ProviderType, str] = {
     ProviderType.SARTIQ_ULTIMATE_FACE_FIXER: "sartiq",
     ProviderType.SARTIQ_ULTIMATE_GARMENT_FIXER: "sartiq",
 }
-ALL_QUEUES: tuple[str, ...] = (DEFAULT_QUEUE, *sorted(set(QUEUE_BY_PROVIDER.values())))
+TRAINING_QUEUE = "training"  # LoRA trainings (their own Celery task, ``training.run``)
+ALL_QUEUES: tuple[str, ...] = (DEFAULT_QUEUE, *sorted({*QUEUE_BY_PROVIDER.values(), TRAINING_QUEUE}))
 
 # The provider a task runs on when the request names none.
 DEFAULT_PROVIDER: dict[TaskType, ProviderType] = {
@@ -83,6 +84,17 @@ class ProviderRegistry:
             )
         return provider
 
+    def configure(self, settings: Settings) -> None:
+        """Hand the deployment's settings to providers that read more than their per-task config.
+
+        A provider with a ``configure(settings)`` method (e.g. LOCAL diffusion: its base model, LoRA folder) gets
+        it once, when the runtime is built; the others are stateless.
+        """
+        for provider in {id(p): p for p in self._providers.values()}.values():
+            hook = getattr(provider, "configure", None)
+            if callable(hook):
+                hook(settings)
+
     def describe(self) -> str:
         """Human list of installed (provider, task type) pairs."""
         return ", ".join(sorted(f"{p.value}/{t.value}" for p, t in self._providers))
@@ -110,6 +122,12 @@ def default_registry(plugins: list[str] | None = None, settings: ProviderSetting
     else:
         registry.register(LocalFaceEnhancer())
         registry.register(LocalDetailEnhancer())
+    try:  # torch, diffusers and peft (the `ml` extra): LOCAL GENERATION/EDITING; settings read on first run
+        from atelier.providers.local.diffusion import LocalDiffusion
+    except ImportError as exc:
+        log.warning("LOCAL generation/editing not installed (%s): pip install 'atelier[ml]'", exc)
+    else:
+        registry.register(LocalDiffusion())
     for entry in plugins or []:
         load_plugin(registry, entry)
     return registry

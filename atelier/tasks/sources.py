@@ -65,16 +65,23 @@ class ResolvedSources:
 class SourceResolver:
     """Validates and stores the image inputs of one task being created."""
 
-    def __init__(self, storage: TenantStorage, limits: FetchLimits, task_type: TaskType, task_id: uuid.UUID):
+    def __init__(
+        self,
+        storage: TenantStorage,
+        limits: FetchLimits,
+        task_type: TaskType | None,
+        task_id: uuid.UUID,
+        prefix: str | None = None,
+    ):
         self.storage = storage
         self.limits = limits
         self.task_type = task_type
-        self.prefix = f"{OUTPUT_PREFIX[task_type]}/{task_id}/inputs"
+        self.prefix = prefix or f"{OUTPUT_PREFIX[task_type or TaskType.GENERATION]}/{task_id}/inputs"
 
     def resolve(self, body: dict[str, Any]) -> ResolvedSources:
         """Validate every image source of ``body`` (raises InvalidInputError with the field's loc)."""
         out = ResolvedSources()
-        for public, candidates, is_list in SOURCE_FIELDS.get(self.task_type, ()):
+        for public, candidates, is_list in SOURCE_FIELDS.get(self.task_type, ()) if self.task_type else ():
             out.consumed.update(candidates)
             name = next((c for c in candidates if body.get(c)), None)
             if name is None:
@@ -91,6 +98,10 @@ class SourceResolver:
         """Write the inline images (after every source has been validated)."""
         for path, data in resolved.writes:
             self.storage.save(path, data)
+
+    def source(self, value: str, loc: tuple[str | int, ...], stem: str, out: ResolvedSources) -> str:
+        """Validate one source: a URL (SSRF policy), a storage path (must exist) or an inline image (queued)."""
+        return self._one(value, loc, stem, out)
 
     def _one(self, value: str, loc: tuple[str | int, ...], stem: str, out: ResolvedSources) -> str:
         kind = classify_source(value, loc=loc)

@@ -24,6 +24,8 @@ IMPLEMENTED_PREFIXES = (
     "/health",
     "/api/v1/lora",
     "/api/v1/admin/lora",
+    "/api/v1/training",
+    "/api/v1/evaluation",
 )
 
 needs_spec = pytest.mark.skipif(

@@ -53,6 +53,16 @@ def test_generation_happy_path_stores_the_result_and_logs_every_call(app_factory
     assert all("duration_ms" in r and r["service"] == "fal" for r in task["service_requests"])
 
 
+def test_reference_influence_becomes_fal_denoising_strength(app_factory: AppFactory, fal: FalFake) -> None:
+    api = fal_api(app_factory, fal)
+    body = generation(reference_image_data=data_url((12, 12), "green"), reference_image_strength=75)
+    task = api.wait(api.create(body)["id"])
+    assert task["status"] == "COMPLETED", task["errors"]
+    [job] = fal.jobs.values()
+    assert job.arguments["image_url"].startswith("data:image/png;base64,")
+    assert job.arguments["strength"] == 0.25  # 75 % influence of the reference = 25 % denoising
+
+
 def test_editing_sends_images_inline_and_app_from_the_task(app_factory: AppFactory, fal: FalFake) -> None:
     api = fal_api(app_factory, fal)
     body = {

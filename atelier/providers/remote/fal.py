@@ -188,7 +188,9 @@ class _FalProvider:
             if inputs.get("reference_image_path"):
                 args["image_url"] = image_payload(ctx, inputs["reference_image_path"], "reference_image_path").data_uri
                 if inputs.get("reference_image_strength") is not None:
-                    args["strength"] = float(inputs["reference_image_strength"]) / 100.0
+                    # The spec's value is the reference's influence (0-100); fal's `strength` is how much of it the
+                    # denoiser may change (1.0 = ignore it), so more influence is less strength (as LOCAL does).
+                    args["strength"] = 1.0 - float(inputs["reference_image_strength"]) / 100.0
             loras = _loras(inputs)
             if loras:
                 args["loras"] = loras
