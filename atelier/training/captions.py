@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import io
 import re
 import uuid
@@ -33,17 +32,29 @@ def _one_line(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip().strip('"').strip()[:MAX_CAPTION_CHARS]
 
 
-def _data_url(image: Image.Image) -> str:
+def _png(image: Image.Image) -> bytes:
     copy = image.copy()
     copy.thumbnail((VLM_EDGE, VLM_EDGE), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
     copy.convert("RGB").save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return buffer.getvalue()
+
+
+class _WithImage(TenantStorage):
+    """The tenant's storage, plus one in-memory image the captioning call reads as its input."""
+
+    def __init__(self, storage: TenantStorage, tenant: str, path: str, data: bytes) -> None:
+        super().__init__(storage.backend, tenant)
+        self._path, self._data = path, data
+
+    def read(self, path: str) -> bytes:
+        return self._data if path == self._path else super().read(path)
 
 
 def caption_images(
     runtime: Runtime,
     storage: TenantStorage,
+    tenant: str,
     images: list[Image.Image],
     *,
     trigger: str,
@@ -57,11 +68,16 @@ def caption_images(
         return [trigger] * len(images)
     if kind is CaptioningStrategy.TEMPLATE:
         return [_one_line((prompt or DEFAULT_TEMPLATE).replace("{trigger}", trigger))] * len(images)
-    return [f"{trigger}, {_describe(runtime, storage, image, prompt, check)}" for image in images]
+    return [f"{trigger}, {_describe(runtime, storage, tenant, image, prompt, check)}" for image in images]
 
 
 def _describe(
-    runtime: Runtime, storage: TenantStorage, image: Image.Image, prompt: str | None, check: Callable[[], None]
+    runtime: Runtime,
+    storage: TenantStorage,
+    tenant: str,
+    image: Image.Image,
+    prompt: str | None,
+    check: Callable[[], None],
 ) -> str:
     """Ask the configured vision model for a one-line description of ``image``."""
     from atelier.providers.remote.aicore import AiCoreProvider
@@ -75,14 +91,15 @@ def _describe(
     def no_image(*_args: Any, **_kwargs: Any) -> Image.Image:
         raise ValueError("captioning passes its image inline")
 
+    path = f"training/captioning/{uuid.uuid4().hex}.png"  # never written: served from memory
     ctx = ProviderContext(
         task_id=uuid.uuid4(),
         task_type=TaskType.LLM_INTERACTION,
-        inputs={"prompt": prompt or DEFAULT_VLM_PROMPT, "input_images": [_data_url(image)]},
+        inputs={"prompt": prompt or DEFAULT_VLM_PROMPT, "input_images": [path]},
         config=AiCoreProviderConfig(ai_provider=vendor, model=model, temperature=0.2, max_tokens=200),
         capabilities=[],
         task_config={},
-        storage=storage,
+        storage=_WithImage(storage, tenant, path, _png(image)),
         output_prefix="training/captions",
         attempt=1,
         http=runtime.http,

@@ -328,6 +328,7 @@ class TrainingJob:
         by_source = caption_images(
             self.rt,
             self.storage,
+            self.c.tenant,
             [firsts[k] for k in sorted(firsts)],
             trigger=str(self.v["trigger_word"]),
             strategy=str(self.v["preprocessing_captioning_strategy"]),

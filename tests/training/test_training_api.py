@@ -18,7 +18,10 @@ from atelier.core.auth import Role
 from tests.api.helpers import runtime_of, stored_files
 from tests.conftest import Api, AppFactory
 from tests.delivery.conftest import FAST, SECRET, receiver, receiver_factory  # noqa: F401 - fixtures
+from tests.fakes.llm import LLMFake, answer_text, create_llm_app
+from tests.fakes.server import serve_fake
 from tests.fakes.webhooks import Receiver
+from tests.providers.conftest import service
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 URL = "/api/v1/training/"
@@ -305,3 +308,49 @@ def test_a_flux_training_runs_through_the_api(app_factory: AppFactory, tmp_path:
     with safe_open(str(lora), framework="pt") as handle:
         assert (handle.metadata() or {}).get("atelier_family") == "flux"
         assert all(key.startswith("transformer.") for key in handle.keys())  # noqa: SIM118 - not a dict
+
+
+def _vlm_app(app_factory: AppFactory, llm: LLMFake) -> Api:
+    return app_factory(
+        providers={"openai": service(llm.base_url, llm.keys["openai"])},
+        inputs={"allow_private_networks": ["127.0.0.1"]},
+        training={"captioning_provider": "openai", "captioning_model": "gpt-4o-mini"},
+    )
+
+
+def test_vlm_captions_come_from_the_vision_model(app_factory: AppFactory, sd_folder: Path) -> None:
+    with serve_fake(LLMFake(), create_llm_app) as llm:
+        api = _vlm_app(app_factory, llm)
+        prompt = "Describe the colour of this swatch."
+        body = _body(
+            base_model_path=str(sd_folder),
+            steps=2,
+            rank=2,
+            resolution=16,
+            preprocessing_captioning_strategy="vlm",
+            preprocessing_captioning_prompt=prompt,
+            preprocessing_transforms=[{"type": "HORIZONTAL_FLIP_AUGMENT"}],
+        )
+        training_id = api.client.post(URL, json=body, headers=api.headers()).json()["id"]
+        training = _wait(api, training_id, lambda t: t["status"] in {"COMPLETED", "FAILED", "CANCELLED"})
+        assert training["status"] == "COMPLETED", training["logs"]
+        manifest = json.loads(_read(api, f"{training['processed_dataset_path']}/manifest.json"))
+        expected = f"sks, {answer_text('openai', prompt, 1, False)}"
+        assert [item["caption"] for item in manifest] == [expected] * 4  # mirrored copies reuse their caption
+        calls = [call for call in llm.calls if call.vendor == "openai"]
+        assert len(calls) == 2  # one per source image, not per mirrored copy
+        content = calls[0].body["messages"][-1]["content"]
+        assert any(part.get("type") == "image_url" for part in content)
+        assert calls[0].body["model"] == "gpt-4o-mini"
+
+
+def test_a_refusing_vision_model_fails_the_training_truthfully(app_factory: AppFactory, sd_folder: Path) -> None:
+    with serve_fake(LLMFake(script=["filtered"] * 10), create_llm_app) as llm:
+        api = _vlm_app(app_factory, llm)
+        body = _body(base_model_path=str(sd_folder), steps=2, preprocessing_captioning_strategy="vlm")
+        training_id = api.client.post(URL, json=body, headers=api.headers()).json()["id"]
+        training = _wait(api, training_id, lambda t: t["status"] in {"COMPLETED", "FAILED", "CANCELLED"})
+        assert training["status"] == "FAILED"
+        assert training["error_message"].startswith("captioning failed")
+        assert training["error_category"] == "CONTENT_REJECTED"
+        assert training["preprocessing_stage"] == "captioning" and training["processed_dataset_path"] is None
