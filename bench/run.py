@@ -1,7 +1,7 @@
 """Atelier benchmarks: every figure is reported as a ratio to a baseline measured in the same run.
 
     .venv/bin/python -m bench.run status      # GET task req/s vs bare FastAPI+SQLAlchemy PK read (SQLite, PostgreSQL)
-    .venv/bin/python -m bench.run latency     # submit→EXECUTING p50/p99, embedded and Redis
+    .venv/bin/python -m bench.run latency     # submit→EXECUTING p50/p99, embedded, Redis and RabbitMQ
     .venv/bin/python -m bench.run throughput  # IMAGE_ADJUSTER 16×16 drain rate vs raw Celery no-op, Redis
     .venv/bin/python -m bench.run all
 
@@ -37,6 +37,8 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN = os.environ.get("BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/0")
+RABBIT_URL = os.environ.get("BENCH_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672//")
+BROKERS = {"redis": REDIS_URL, "rabbitmq": RABBIT_URL}
 PY = sys.executable
 
 
@@ -216,19 +218,21 @@ def bench_latency(mode: str, samples: int) -> dict[str, Any]:
 
         upgrade(db)
         prefix = f"bench-{uuid.uuid4().hex[:6]}."
-        env = atelier_env(tmp, db, broker=None if mode == "embedded" else REDIS_URL, prefix=prefix)
+        env = atelier_env(tmp, db, broker=BROKERS.get(mode), prefix=prefix)
         headers = {"Authorization": f"Bearer {token(tmp)}"}
         port = free_port()
         api = f"http://127.0.0.1:{port}"
         with process(uvicorn_cmd("atelier.app:create_app", port, factory=True), env, tmp / "api.log"):
             worker_cmd = [PY, "-m", "atelier", "worker", "-c", "2", "--loglevel", "WARNING"]
-            with process(worker_cmd, env, tmp / "worker.log") if mode == "redis" else _nothing():
+            with process(worker_cmd, env, tmp / "worker.log") if mode != "embedded" else _nothing():
                 wait_http(f"{api}/health")
                 _submit_sequentially(api, headers, 10)  # warm-up (imports, pools, worker start)
                 delays = _start_delays(db, _submit_sequentially(api, headers, samples))
         if mode == "redis":
             _flush(prefix)
-    goal = "p99 <= 20 ms" if mode == "redis" else "p99 <= 50 ms"
+        elif mode == "rabbitmq":
+            _delete_rabbit_queues(prefix)
+    goal = "p99 <= 50 ms" if mode == "embedded" else "p99 <= 20 ms"
     return {
         "mode": mode,
         "samples": len(delays),
@@ -241,6 +245,21 @@ def bench_latency(mode: str, samples: int) -> dict[str, Any]:
 @contextmanager
 def _nothing() -> Iterator[None]:
     yield None
+
+
+def _delete_rabbit_queues(prefix: str) -> None:
+    """Remove the run's queues from the shared RabbitMQ (they are named ``<prefix><logical queue>``)."""
+    from kombu import Connection
+
+    from atelier.providers.registry import ALL_QUEUES
+
+    with Connection(RABBIT_URL) as conn:
+        channel: Any = conn.channel()
+        for name in ALL_QUEUES:
+            try:
+                channel.queue_delete(prefix + name)
+            except Exception:  # already gone, or never declared
+                channel = conn.channel()
 
 
 def _flush(prefix: str) -> None:
@@ -403,7 +422,7 @@ def main() -> None:
     if args.which in ("status", "all"):
         results["status"] = [bench_status(kind, args.seconds, args.rounds) for kind in ("sqlite", "postgres")]
     if args.which in ("latency", "all"):
-        results["latency"] = [bench_latency(mode, args.samples) for mode in ("embedded", "redis")]
+        results["latency"] = [bench_latency(mode, args.samples) for mode in ("embedded", "redis", "rabbitmq")]
     if args.which in ("throughput", "all"):
         results["throughput"] = bench_throughput(args.tasks, args.concurrency, args.rounds)
     out = ROOT / "bench" / "results"
