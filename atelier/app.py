@@ -9,11 +9,12 @@ from typing import Any
 
 from anyio import to_thread
 from fastapi import FastAPI, Request
+from fastapi.responses import PlainTextResponse
 from sqlalchemy import text
 
 from atelier import __version__
 from atelier.admin.endpoints import router as admin_router
-from atelier.core.http import BodySizeLimit, install_error_handlers
+from atelier.core.http import BodySizeLimit, document_error_responses, install_error_handlers
 from atelier.core.runtime import Runtime, build_runtime
 from atelier.dashboard import mount_dashboard
 from atelier.delivery.endpoints import document_webhooks
@@ -110,7 +111,15 @@ def create_app(settings: Settings | None = None, *, providers: ProviderRegistry 
     document_webhooks(app)
     app.add_api_route("/health", health, methods=["GET"], summary="Health Check", include_in_schema=True)
     if settings.metrics.enabled:
-        app.add_api_route("/metrics", metrics, methods=["GET"], summary="Prometheus Metrics", tags=["monitoring"])
+        app.add_api_route(
+            "/metrics",
+            metrics,
+            methods=["GET"],
+            summary="Prometheus Metrics",
+            tags=["monitoring"],
+            response_class=PlainTextResponse,  # the Prometheus text format, as documented (not JSON)
+        )
+    document_error_responses(app)
     return app
 
 

@@ -24,7 +24,7 @@ from atelier.workflows.service import WorkflowService
 
 router = APIRouter(tags=["webhooks"])
 
-Skip = Annotated[int, Query(ge=0, description="Deliveries to skip")]
+Skip = Annotated[int, Query(ge=0, le=2**31 - 1, description="Deliveries to skip")]  # bounded: OFFSET is 64-bit
 Limit = Annotated[int, Query(ge=1, le=500, description="Page size")]
 State = Annotated[DeliveryState | None, Query(description="Only deliveries in this state")]
 

@@ -31,7 +31,8 @@ from atelier.workflows.planner import WorkflowStatus
 
 router = APIRouter(prefix="/api/v1/monitoring", tags=["monitoring"])
 
-PageQ = Annotated[int, Query(ge=1, description="Page number (1-indexed)")]
+# Bounded: (page - 1) * page_size is the OFFSET, a 64-bit integer in the database (larger ones were a 500).
+PageQ = Annotated[int, Query(ge=1, le=2**31 - 1, description="Page number (1-indexed)")]
 PageSizeQ = Annotated[int, Query(ge=1, le=PAGE_SIZE_MAX, description="Items per page")]
 OrderQ = Annotated[SortOrder, Query(description="Sort order")]
 InstanceQ = Annotated[str | None, Query(description="Filter by origin instance")]

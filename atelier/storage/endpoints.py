@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Query, UploadFile
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
@@ -92,7 +92,23 @@ def _require(rt: Runtime, principal: Principal, path: str) -> StoredObject:
     return TenantStorage(rt.storage, principal.tenant).require(path)
 
 
-@router.get("/images/{path:path}", summary="Get Image", response_model=None)
+# What GET/HEAD really answer: the stored bytes in their own content type, or a redirect to the backend's URL.
+_IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The image bytes (Content-Type of the stored object)",
+        "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}},
+    },
+    307: {"description": "Redirect to the public/CDN or presigned URL of the object (object-store backends)"},
+}
+
+
+@router.get(
+    "/images/{path:path}",
+    summary="Get Image",
+    response_model=None,
+    response_class=Response,
+    responses=_IMAGE_RESPONSES,
+)
 def get_image(path: str, rt: RuntimeDep, principal: PrincipalDep) -> Response:
     """Return the image bytes, or redirect to the public/CDN URL when the backend has one."""
     storage = TenantStorage(rt.storage, principal.tenant)
@@ -104,7 +120,13 @@ def get_image(path: str, rt: RuntimeDep, principal: PrincipalDep) -> Response:
     return StreamingResponse(storage.stream(obj.path), media_type=obj.content_type, headers=headers)
 
 
-@router.head("/images/{path:path}", summary="Check Image Exists", response_model=None)
+@router.head(
+    "/images/{path:path}",
+    summary="Check Image Exists",
+    response_model=None,
+    response_class=Response,
+    responses={200: {"description": "The image exists (Content-Type/Content-Length of the stored object, no body)"}},
+)
 def head_image(path: str, rt: RuntimeDep, principal: PrincipalDep) -> Response:
     """200 with Content-Length/Content-Type when the image exists, 404 otherwise."""
     obj = _require(rt, principal, path)

@@ -32,7 +32,8 @@ router = APIRouter(prefix="/api/v1/tasks", tags=["Tasks"])
 CREATE_ENDPOINT = "POST /api/v1/tasks/"
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="Maximum number of tasks to return")]
-Skip = Annotated[int, Query(ge=0, description="Number of tasks to skip")]
+# Bounded: an OFFSET beyond a 64-bit integer overflowed the database driver (500).
+Skip = Annotated[int, Query(ge=0, le=2**31 - 1, description="Number of tasks to skip")]
 StatusQ = Annotated[TaskStatus | None, Query(description="Filter by status")]
 OriginInstance = Annotated[str | None, Query(description="Filter by origin instance")]
 OriginZone = Annotated[str | None, Query(description="Filter by origin zone")]
@@ -199,7 +200,21 @@ def list_tasks(
     responses={
         200: {
             "description": "Server-sent events (`text/event-stream`) of the task's lifecycle.",
-            "content": {events_stream.EVENT_STREAM: {"schema": {"type": "string"}}},
+            # OpenAPI 3.1: the schema of an event-stream media type describes one event
+            "content": {
+                events_stream.EVENT_STREAM: {
+                    "schema": {
+                        "type": "object",
+                        "required": ["data"],
+                        "properties": {
+                            "id": {"type": "string"},
+                            "event": {"type": "string"},
+                            "data": {"type": "string", "contentMediaType": "application/json"},
+                            "retry": {"type": "integer"},
+                        },
+                    }
+                }
+            },
         },
         204: {"description": "Nothing left to stream: the task is finished and `Last-Event-ID` is at its end."},
     },

@@ -35,7 +35,7 @@ def list_training_tasks(
     rt: RuntimeDep,
     principal: PrincipalDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 10,
-    skip: Annotated[int, Query(ge=0)] = 0,
+    skip: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,  # bounded: OFFSET is a 64-bit integer in the database
 ) -> list[TrainingTask]:
     """List all training tasks with pagination (newest first)."""
     return [public(row) for row in TrainingService(session, rt, principal).list(limit=limit, skip=skip)]

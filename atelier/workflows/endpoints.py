@@ -107,7 +107,7 @@ def list_workflows(
     rt: RuntimeDep,
     principal: PrincipalDep,
     limit: Annotated[int, Query(ge=1, le=1000, description="Maximum number of workflows to return")] = 50,
-    skip: Annotated[int, Query(ge=0, description="Number of workflows to skip")] = 0,
+    skip: Annotated[int, Query(ge=0, le=2**31 - 1, description="Number of workflows to skip")] = 0,  # 64-bit OFFSET
     status: Annotated[WorkflowStatus | None, Query(description="Filter by status")] = None,
     origin_instance: Annotated[str | None, Query(description="Filter by origin instance")] = None,
     origin_tenant_id: Annotated[str | None, Query(description="Filter by origin tenant ID")] = None,

@@ -33,6 +33,8 @@ SERVED = {
         TaskType.BACKGROUND_FIX,
         TaskType.FACE_ENHANCER,
         TaskType.DETAIL_ENHANCER,
+        TaskType.GENERATION,  # diffusers (the `ml` extra)
+        TaskType.EDITING,
     },
 }
 
