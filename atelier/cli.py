@@ -1,4 +1,4 @@
-"""The ``atelier`` command line: serve, migrate, openapi, token."""
+"""The ``atelier`` command line: serve, migrate, openapi, token, and the client commands (atelier.client.cli)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from atelier.client.cli import register as register_client_commands
 from atelier.core.auth import Role, mint_token
 from atelier.providers.registry import ALL_QUEUES
 from atelier.settings import Settings
@@ -121,6 +122,9 @@ def tiny_pipeline(
     if kind not in ("sd", "flux"):
         raise typer.BadParameter("kind must be sd or flux")
     typer.echo(build_tiny_pipeline(folder, "sd" if kind == "sd" else "flux", seed))
+
+
+register_client_commands(cli)  # submit, status, wait, list, cancel, logs, workflow, train, storage, lora, …
 
 
 def main() -> None:

@@ -209,7 +209,7 @@ deep = schemathesis.openapi.from_dict(_document())
 
 @pytest.mark.slow
 @deep.parametrize()
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=True)
+@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=True)
 def test_every_operation_conforms_deeply(case: Case, fuzz_app: FuzzApp) -> None:
     """``test_every_operation_conforms`` with the coverage phase and more examples."""
     _set_headers(case, fuzz_app.bearer())
