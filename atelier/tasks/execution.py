@@ -21,6 +21,7 @@ import httpx
 from PIL import Image
 from pydantic import ValidationError
 from sqlalchemy import bindparam, update
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from atelier.core.db import JSONType, lock_for_write, retry_on_disconnect, session_scope, statement_connection
 from atelier.core.errors import InvalidInputError
@@ -49,6 +50,9 @@ if TYPE_CHECKING:
     from atelier.core.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+
+RECORD_PATIENCE_SECONDS = 60.0  # how long a finished attempt waits for an unreachable database to record
 
 
 class LeaseLostError(Exception):
@@ -138,10 +142,35 @@ class TaskRunner:
             WEBHOOK_COMMITTED.fire()
         _observe_claim(plan)
         outcome = self._execute(plan, owner)
-        recorded = retry_on_disconnect(lambda: self._record(plan, owner, outcome))
+        recorded = self._record_patiently(plan, owner, outcome)
         _observe_outcome(plan, recorded, time.monotonic() - started)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("task %s attempt %d: %s", plan.task_id, plan.attempt, recorded, extra=plan.log_extra())
+
+    def _record_patiently(self, plan: Plan, owner: str, outcome: Outcome) -> str:
+        """Record the outcome, waiting out a database outage of up to ``RECORD_PATIENCE_SECONDS``.
+
+        The provider's work is done: giving up would leave the task EXECUTING until its lease expires and the
+        reaper runs the provider again (a second side effect). Recording is conditional on our lease, so a
+        repeat after a commit whose answer was lost, or after another worker took over, records nothing.
+        """
+        deadline = time.monotonic() + RECORD_PATIENCE_SECONDS
+        delay = 0.1
+        while True:
+            try:
+                return self._record(plan, owner, outcome)
+            except DBAPIError as exc:
+                unreachable = exc.connection_invalidated or isinstance(exc, OperationalError)
+                if not unreachable or time.monotonic() + delay > deadline:
+                    raise
+                log.warning(
+                    "task %s: database unreachable while recording (%s); retrying",
+                    plan.task_id,
+                    exc.orig,
+                    extra=plan.log_extra(),
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
 
     def _expire_if_overdue(self, tid: uuid.UUID) -> None:
         """A refused claim may be a task past its queue-wait deadline: cancel it now rather than at the next sweep."""

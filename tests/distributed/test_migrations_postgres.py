@@ -55,7 +55,20 @@ DELIVERY_COLUMNS = {"queue_deadline_at", "run_timeout_seconds", "attempt_started
 
 def test_upgrade_downgrade_upgrade(pg_url: str) -> None:
     upgrade(pg_url)
+    assert _revision(pg_url) == "0007"
+    assert "training_tasks" in _tables(pg_url)
+    assert _indexes(pg_url, "training_tasks")["ix_training_tasks_status_lease"] == (
+        False,
+        ("status", "lease_expires_at"),
+    )
+    downgrade(pg_url, "-1")  # 0007 → 0006: the training tables go
     assert _revision(pg_url) == "0006"
+    assert "training_tasks" not in _tables(pg_url)
+    engine = create_engine(pg_url)
+    try:
+        assert "training_id" not in {c["name"] for c in inspect(engine).get_columns("webhook_deliveries")}
+    finally:
+        engine.dispose()
     assert _indexes(pg_url, "workflows")["ix_workflows_tenant_name"] == (False, ("tenant_id", "name"))
     downgrade(pg_url, "-1")  # 0006 → 0005: the monitoring indexes go
     assert "ix_tasks_tenant_priority" not in _indexes(pg_url, "tasks")
@@ -87,7 +100,7 @@ def test_upgrade_downgrade_upgrade(pg_url: str) -> None:
     columns = _columns(pg_url)
     assert "dispatched_at" not in columns and "lease_expires_at" in columns
     upgrade(pg_url)
-    assert _revision(pg_url) == "0006"
+    assert _revision(pg_url) == "0007"
     assert "dispatched_at" in _columns(pg_url) and {"workflows", "idempotency_keys"} <= _tables(pg_url)
     assert "webhook_deliveries" in _tables(pg_url) and _columns(pg_url) >= DELIVERY_COLUMNS
     downgrade(pg_url, "base")
