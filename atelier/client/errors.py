@@ -23,11 +23,11 @@
 from __future__ import annotations
 
 import builtins
-import email.utils
-import time
 from typing import TYPE_CHECKING, Any
 
 import httpx
+
+from atelier.core.time import retry_after_seconds as parse_retry_after
 
 if TYPE_CHECKING:
     from atelier.client.models import Task
@@ -140,19 +140,7 @@ _BY_STATUS: dict[int, type[APIStatusError]] = {
 
 def retry_after_seconds(response: httpx.Response) -> float | None:
     """``Retry-After`` as seconds: delta-seconds or an HTTP date; None when absent or unreadable."""
-    value = response.headers.get("retry-after")
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+    return parse_retry_after(response.headers.get("retry-after"))
 
 
 def _message(body: Any, response: httpx.Response) -> str:

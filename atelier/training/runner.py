@@ -234,7 +234,7 @@ class TrainingJob:
             except Exception as exc:  # the database may be down for a moment: the lease has slack
                 log.warning("training %s heartbeat failed: %s", self.c.id, exc)
 
-    def _record(self, change: Any, *, force: bool = True) -> None:
+    def _record(self, change: Any) -> None:
         """Apply ``change(session, row)`` to the row if this worker still owns it (else LeaseLostError)."""
 
         def work() -> None:

@@ -17,7 +17,6 @@ One ``ServiceClient`` is made per task run. Each call:
 
 from __future__ import annotations
 
-import email.utils
 import json
 import re
 import time
@@ -30,6 +29,7 @@ import httpx
 
 from atelier.core.errors import InvalidInputError
 from atelier.core.inputs import FetchLimits, check_url
+from atelier.core.time import retry_after_seconds as parse_retry_after
 from atelier.monitoring import metrics
 from atelier.providers.base import ProviderContext, ProviderFatalError, ProviderRetryableError
 from atelier.settings import RemoteServiceSettings
@@ -71,21 +71,8 @@ def redact_url(url: str | httpx.URL) -> str:
 
 
 def retry_after_seconds(response: httpx.Response) -> float | None:
-    """``Retry-After`` as seconds (delta-seconds or an HTTP date), or None."""
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    """``Retry-After`` of a response as seconds (delta-seconds or an HTTP date), or None."""
+    return parse_retry_after(response.headers.get("retry-after"))
 
 
 # Credential shapes vendors echo back in error messages (OpenAI "sk-…", Google "AIza…"); masked before logging.
