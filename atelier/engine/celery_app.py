@@ -72,7 +72,8 @@ def create_celery(
 ) -> Celery:
     """Build a Celery app whose only jobs are "run task <id>" and "run training <id>"; the database holds the rest."""
     transport.register()
-    app = Celery("atelier", set_as_current=False)
+    # amqp: broker connections that retry every second (atelier/engine/connection.py)
+    app = Celery("atelier", set_as_current=False, amqp="atelier.engine.connection:AMQP")
     broker = settings.broker.url or f"{transport.SCHEME}://localhost/{uuid.uuid4().hex}"
     kind = broker_kind(broker)
     memory_mb = settings.broker.worker_max_memory_per_child_mb

@@ -115,5 +115,11 @@ class Transport(virtual.Transport):
 
 
 def register() -> None:
-    """Make ``atelier-memory://`` resolvable by kombu (idempotent)."""
+    """Make ``atelier-memory://`` resolvable by kombu, and ``redis://`` use Atelier's Redis transport (idempotent).
+
+    The Redis transport is kombu's with one fix (``atelier/engine/redis_transport.py``); it applies to every kombu
+    connection in the process, the API's publisher and the workers' consumers alike.
+    """
     TRANSPORT_ALIASES[SCHEME] = f"{__name__}:Transport"
+    for scheme in ("redis", "rediss"):
+        TRANSPORT_ALIASES[scheme] = "atelier.engine.redis_transport:Transport"

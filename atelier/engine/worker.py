@@ -51,6 +51,9 @@ def worker_argv(
         loglevel,
         "--hostname",
         hostname or f"atelier-{socket.gethostname()}@%h",
+        # Mingle asks the other workers for their revoked ids and clocks at every (re)connect and waits a second
+        # for answers; cancellation lives in the database here, so it only delayed start-up and reconnects.
+        "--without-mingle",
     ]
     if concurrency:
         argv += ["--concurrency", str(concurrency)]

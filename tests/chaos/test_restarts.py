@@ -7,7 +7,7 @@ within 10 s of the server being up again a new task is accepted and completed.
 
 from __future__ import annotations
 
-import os
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -29,11 +29,8 @@ from tests.distributed.cluster import Cluster
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
 
 BACK_WITHIN = 10.0
-# Redis: Celery 5.7 / kombu 5.7 workers may die or hang when Redis drops while tasks are unacked (AttributeError
-# 'NoneType' object has no attribute 'hostname' in kombu's redis Channel.close → restore_unacked); with the
-# supervisor restart below, the service measured back in 10-20 s on 2 busy cores. The bound here is what holds;
-# the 10 s goal is not met on Redis yet (an open finding).
-BACK_WITHIN_REDIS = 30.0
+
+log = logging.getLogger(__name__)
 
 
 def submitter(cluster: Cluster) -> Callable[[], tuple[int, str | None]]:
@@ -63,36 +60,11 @@ def back_within(cluster: Cluster, since: float) -> float:
     return time.monotonic() - since
 
 
-def supervise(cluster: Cluster) -> int:
-    """Replace workers that exited or stopped answering, as a supervisor does; returns how many it replaced.
-
-    Celery 5.7 / kombu 5.7 workers can die when Redis drops while tasks are unacked ("Unrecoverable error:
-    AttributeError: 'NoneType' object has no attribute 'hostname'" from kombu's redis ``Channel.close`` →
-    ``restore_unacked``), or hang in their shutdown; deployments run workers under a restarting supervisor, and so
-    does this test.
-    """
-    restarted = 0
-    for index, proc in enumerate(list(cluster.workers)):
-        if proc.poll() is None:
-            try:  # alive and consuming again, or hung in its shutdown (then it never answers)
-                cluster.wait_for_ping(f"w{index}-{os.getpid()}@test", proc, timeout=3.0)
-                continue
-            except AssertionError:
-                if proc.poll() is None:  # it may have exited meanwhile
-                    cluster.kill_worker(index)
-        cluster.start_worker(concurrency=2)
-        restarted += 1
-    return restarted
-
-
 def outage(
     cluster: Cluster,
     pg_url: str,
     stop: Callable[[], None],
     start: Callable[[], None],
-    *,
-    supervised: bool = False,
-    bound: float = BACK_WITHIN,
 ) -> None:
     """Load, ``stop()``, a second down, ``start()``; then the service is back within 10 s and nothing is lost."""
     with Load(submitter(cluster), interval=0.15) as load:
@@ -101,12 +73,13 @@ def outage(
         time.sleep(1.0)
         start()
         up = time.monotonic()
-        if supervised and supervise(cluster):
-            up = time.monotonic()  # measured from the replacement worker being ready, as a supervisor restarts it
         elapsed = back_within(cluster, up)
         time.sleep(1.0)
     assert not load.errors, load.errors
-    assert elapsed <= bound, f"service back only after {elapsed:.1f} s"
+    log.info("service back %.1f s after the server", elapsed)  # shown with -o log_cli=true
+    assert elapsed <= BACK_WITHIN, f"service back only after {elapsed:.1f} s"
+    # The workers rode the outage out (reconnected by themselves): none exited.
+    assert all(proc.poll() is None for proc in cluster.workers), [proc.poll() for proc in cluster.workers]
     assert len(load.accepted) >= 5
     assert_exactly_once(cluster, pg_url, load.accepted)
 
@@ -117,7 +90,7 @@ def test_redis_restart_with_nothing_persisted(
     cluster = chaos_cluster(redis_server.url)
     cluster.start_worker(concurrency=2)
     # the queues are gone: the reaper republishes
-    outage(cluster, pg_url, redis_server.kill, redis_server.start, supervised=True, bound=BACK_WITHIN_REDIS)
+    outage(cluster, pg_url, redis_server.kill, redis_server.start)
 
 
 def test_rabbitmq_restart(rabbit_server: RabbitServer, chaos_cluster: ChaosCluster, pg_url: str) -> None:
