@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from celery.app.amqp import AMQP as CeleryAMQP
+from celery.app import amqp as celery_amqp
 from kombu import Connection as KombuConnection
 
 RECONNECT_INTERVAL_SECONDS = 1.0
@@ -25,7 +25,7 @@ class Connection(KombuConnection):
         return self
 
 
-class AMQP(CeleryAMQP):
+class AMQP(celery_amqp.AMQP):
     """``Celery(amqp=…)``: the app's connections are :class:`Connection`."""
 
     Connection = Connection

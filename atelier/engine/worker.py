@@ -23,6 +23,8 @@ def worker_app(settings: Settings) -> tuple[Runtime, Celery]:
     # No pool pre-ping: the runner retries a statement whose connection died (one round trip less per use).
     runtime = build_runtime(settings, pre_ping=False)
     runtime.celery.set_default()
+    # `--pool prefork` (the default) takes this pool: Celery's prefork, replacing a dead child within a second.
+    runtime.celery.conf.worker_pool = "atelier.engine.pool:TaskPool"
 
     def reset_after_fork(**_: object) -> None:
         runtime.after_fork()

@@ -1,10 +1,11 @@
 """kill -9 a worker mid-task 50 times under a steady load: every task ends, none is lost, none completes twice.
 
-The victim is an ``atelier worker -c 1`` (prefork) next to a steady worker. Each kill waits for the victim to claim a
-task, then SIGKILLs it while the scripted provider is still busy (before it writes any output): most kills hit the
-pool process running the task (Celery forks a new one: the message is rejected back to the queue, the lease is still
-held, so the reaper resumes the task once the lease expires), every 25th kills the whole worker (process group), and
-a new worker process is started. Side effects are counted from the provider's markers in storage.
+Two victims, each an ``atelier worker -c 1`` (prefork), run next to a steady worker, and each takes 25 of the kills
+(concurrently, which halves the time the suite spends here). Each kill waits for the victim to claim a task, then
+SIGKILLs it while the scripted provider is still busy (before it writes any output): most kills hit the pool process
+running the task (Celery forks a new one: the message is rejected back to the queue, the lease is still held, so the
+reaper resumes the task once the lease expires); the 13th kill of each victim takes the whole worker (process group)
+down and a new worker process is started. Side effects are counted from the provider's markers in storage.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -23,7 +25,8 @@ from tests.chaos.conftest import ChaosCluster, Load, RedisServer, assert_exactly
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 KILLS = 50
-WHOLE_WORKER_EVERY = 25  # every 25th kill takes the whole worker (master and pool) down
+VICTIMS = 2  # worker processes killed concurrently, KILLS // VICTIMS times each
+WHOLE_WORKER_AT = 13  # this kill of each victim takes the whole worker (master and pool) down
 SLOW_SECONDS = 0.5  # the provider is busy this long before it writes its outputs
 FRESH = 0.2  # a claim first seen by a poll that started at most this long after the previous one is this young
 
@@ -76,11 +79,34 @@ class ClaimWatch:
 def test_fifty_kill_9_mid_task_under_load(redis_server: RedisServer, chaos_cluster: ChaosCluster, pg_url: str) -> None:
     cluster = chaos_cluster(redis_server.url, tasks={"max_resumes": 20})
     cluster.start_worker(concurrency=2, name="steady@chaos")
-    victim = 1
-    cluster.start_worker(concurrency=1, name="victim0@chaos")
     api = cluster.client()
-    watch = ClaimWatch(pg_url)
     killed: list[str] = []
+    failures: list[BaseException] = []
+    workers_lock = threading.Lock()  # start_worker appends to cluster.workers
+
+    def start_victim(name: str) -> int:
+        with workers_lock:
+            cluster.start_worker(concurrency=1, name=name)
+            return len(cluster.workers) - 1
+
+    def kill_loop(slot: int) -> None:
+        watch = ClaimWatch(pg_url)
+        try:
+            victim = start_victim(f"victim{slot}-0@chaos")
+            for kill in range(1, KILLS // VICTIMS + 1):
+                master = cluster.workers[victim].pid
+                killed.append(watch.fresh_claim(master))
+                if kill != WHOLE_WORKER_AT:
+                    pool = pool_processes(master)
+                    assert len(pool) == 1, f"expected one pool process under {master}: {pool}"
+                    os.kill(pool[0], signal.SIGKILL)
+                else:
+                    cluster.kill_worker(victim)
+                    victim = start_victim(f"victim{slot}-{kill}@chaos")
+        except BaseException as exc:  # surfaced by the test below
+            failures.append(exc)
+        finally:
+            watch.close()
 
     def submit() -> tuple[int, str | None]:
         response = api.client.post(
@@ -88,25 +114,19 @@ def test_fifty_kill_9_mid_task_under_load(redis_server: RedisServer, chaos_clust
         )
         return response.status_code, response.json()["id"] if response.status_code == 200 else None
 
-    try:
-        with Load(submit, interval=0.3) as load:
-            for kill in range(1, KILLS + 1):
-                master = cluster.workers[victim].pid
-                killed.append(watch.fresh_claim(master))
-                if kill % WHOLE_WORKER_EVERY:
-                    pool = pool_processes(master)
-                    assert len(pool) == 1, f"expected one pool process under {master}: {pool}"
-                    os.kill(pool[0], signal.SIGKILL)
-                else:
-                    cluster.kill_worker(victim)
-                    if kill < KILLS:
-                        cluster.start_worker(concurrency=1, name=f"victim{kill}@chaos")
-                        victim = len(cluster.workers) - 1
-        assert not load.errors, load.errors
-        assert len(load.accepted) >= KILLS
-        assert set(killed) <= set(load.accepted)
-        assert_exactly_once(cluster, pg_url, load.accepted, timeout=120)
-        resumes = watch.conn.execute("SELECT sum(resume_attempt_count) FROM tasks").fetchone()
-        assert resumes is not None and resumes[0] == KILLS  # every kill interrupted a run, which was resumed once
-    finally:
-        watch.close()
+    with Load(submit, interval=0.2) as load:
+        killers = [threading.Thread(target=kill_loop, args=(slot,), name=f"killer{slot}") for slot in range(VICTIMS)]
+        for thread in killers:
+            thread.start()
+        for thread in killers:
+            thread.join(timeout=240)
+    assert not failures, failures
+    assert not any(thread.is_alive() for thread in killers), "a kill loop did not finish"
+    assert len(killed) == KILLS
+    assert not load.errors, load.errors
+    assert len(load.accepted) >= KILLS
+    assert set(killed) <= set(load.accepted)
+    assert_exactly_once(cluster, pg_url, load.accepted, timeout=120)
+    with psycopg.connect(db_url(pg_url), autocommit=True) as conn:
+        resumes = conn.execute("SELECT sum(resume_attempt_count) FROM tasks").fetchone()
+    assert resumes is not None and resumes[0] == KILLS  # every kill interrupted a run, which was resumed once
