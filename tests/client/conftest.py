@@ -25,6 +25,9 @@ CAPPED = "capped"  # one unfinished task at a time → 429 with Retry-After: 5
 THROTTLED = "throttled"  # one create per rolling minute → 429 with Retry-After ≈ 60
 
 SLOW: dict[str, Any] = {"prompt": "x", "config": {"script": ["slow"], "slow_seconds": 1.2}}
+# Progress 50 is written from 0.5 s into the run until it ends: 3 s leaves a window that an event stream opened late on
+# a busy machine still sees (with 1.2 s it sometimes opened after the task had finished).
+PROGRESSING: dict[str, Any] = {"prompt": "x", "config": {"script": ["slow"], "slow_seconds": 3.0}}
 PARKED = "parked"  # a queue no worker consumes
 OK: dict[str, Any] = {"prompt": "x", "config": {"script": ["ok"]}}
 

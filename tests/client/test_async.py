@@ -9,7 +9,7 @@ import pytest
 
 from atelier.client import AsyncClient, NotFound, TimeoutError, WaitProgress
 from atelier.core.auth import Role, mint_token
-from tests.client.conftest import OK, SLOW, Live
+from tests.client.conftest import OK, PROGRESSING, Live
 from tests.conftest import Api
 
 
@@ -39,7 +39,7 @@ def test_async_wait_streams_over_a_socket(live: Live) -> None:
 
     async def scenario() -> None:
         async with AsyncClient(live.url, live.token()) as client:
-            task = await client.tasks.create("GENERATION", **SLOW)
+            task = await client.tasks.create("GENERATION", **PROGRESSING)
             done = await client.tasks.wait(task.id, timeout=30, on_progress=reports.append)
             assert done.status == "COMPLETED"
             slow = await client.tasks.create("GENERATION", prompt="x", config={"script": ["slow"], "slow_seconds": 20})

@@ -26,7 +26,7 @@ from atelier.client import (
     WaitProgress,
 )
 from atelier.core.auth import Role, mint_token
-from tests.client.conftest import CAPPED, OK, PARKED, SLOW, THROTTLED, Live, Recorder
+from tests.client.conftest import CAPPED, OK, PARKED, PROGRESSING, SLOW, THROTTLED, Live, Recorder
 from tests.conftest import Api, data_url, png_bytes
 from tests.fakes.server import free_port
 
@@ -106,7 +106,7 @@ def test_wait_follows_the_event_stream(live: Live) -> None:
     recorder = Recorder()
     reports: list[WaitProgress] = []
     with live.client(transport=recorder) as client:
-        task = client.tasks.create("GENERATION", **SLOW)
+        task = client.tasks.create("GENERATION", **PROGRESSING)
         done = client.tasks.wait(task.id, timeout=30, on_progress=reports.append)
     assert done.status == "COMPLETED" and done.result_image_path
     assert recorder.paths("GET").count(f"/api/v1/tasks/{task.id}/events") == 1
