@@ -8,6 +8,7 @@ provider runs if one is configured; otherwise the task fails with a classified `
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -538,6 +539,9 @@ class _Heartbeats:
         self._due: dict[int, tuple[_Probe, float, float]] = {}  # key -> (probe, interval, next beat time)
         self._next_key = 0
         self._pid: int | None = None
+        # When the sleeping thread wakes by itself; -inf while it is awake (it plans its sleep under the lock and
+        # sees every beat added until then). Waking it for a beat due later cost a thread switch per task.
+        self._sleeping_until = -math.inf
 
     def add(self, probe: _Probe, interval: float) -> int:
         """Beat ``probe`` every ``interval`` seconds until ``remove``."""
@@ -546,8 +550,10 @@ class _Heartbeats:
                 self._pid = os.getpid()
                 threading.Thread(target=self._loop, name="lease-heartbeats", daemon=True).start()
             self._next_key += 1
-            self._due[self._next_key] = (probe, interval, time.monotonic() + interval)
-            self._wake.notify()
+            due = time.monotonic() + interval
+            self._due[self._next_key] = (probe, interval, due)
+            if due < self._sleeping_until:  # otherwise the thread wakes in time (or has yet to plan its sleep)
+                self._wake.notify()
             return self._next_key
 
     def remove(self, key: int) -> None:
@@ -563,8 +569,10 @@ class _Heartbeats:
                 for key, probe, interval in due:
                     self._due[key] = (probe, interval, now + interval)
                 if not due:
-                    wait = min((at for _p, _i, at in self._due.values()), default=now + 60.0) - now
-                    self._wake.wait(timeout=max(wait, 0.001))
+                    wait = max(min((at for _p, _i, at in self._due.values()), default=now + 60.0) - now, 0.001)
+                    self._sleeping_until = now + wait
+                    self._wake.wait(timeout=wait)
+                    self._sleeping_until = -math.inf
                     continue
             for key, probe, _interval in due:
                 self._beat(key, probe)

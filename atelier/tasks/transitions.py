@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, String, and_, bindparam, case, event, func, insert, literal, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from atelier.core.db import JSONType
+from atelier.core.db import DriverStatement, JSONType
 from atelier.core.errors import ConflictError
 from atelier.core.periodic import Signal
 from atelier.core.time import utcnow
@@ -282,7 +282,7 @@ def _with_event(stmt: Any, status: S, name: str) -> Any:
 
 
 _CLAIM = _claim_statement()
-_CLAIM_PG = _with_event(_CLAIM, S.EXECUTING, "claimed")
+_CLAIM_PG = DriverStatement(_with_event(_CLAIM, S.EXECUTING, "claimed"), json_params=("p_event_data",))
 
 
 def single_statement_events(conn: Connection) -> bool:
@@ -316,7 +316,7 @@ def claim(
     }
     message, data = f"claimed by {worker}", {"to": S.EXECUTING.value}
     if single_statement_events(conn):
-        row = conn.execute(_CLAIM_PG, {**params, "p_message": message, "p_event_data": data}).mappings().first()
+        row = _CLAIM_PG.execute(conn, {**params, "p_message": message, "p_event_data": data}).mappings().first()
         return None if row is None else SimpleNamespace(**row)
     row = conn.execute(_CLAIM, params).mappings().first()
     if row is None:
@@ -354,7 +354,9 @@ _COMPLETE = (
     .returning(Task.id, Task.tenant_id, Task.webhook_url)
     .execution_options(synchronize_session=False)
 )
-_COMPLETE_PG = _with_event(_COMPLETE, S.COMPLETED, "completed")
+_COMPLETE_PG = DriverStatement(
+    _with_event(_COMPLETE, S.COMPLETED, "completed"), json_params=("p_event_data", "p_task_data", "p_requests")
+)
 
 
 def complete_unchanged(
@@ -387,7 +389,7 @@ def complete_unchanged(
     transition_data = {"from": S.EXECUTING.value, "to": S.COMPLETED.value}
     if single_statement_events(conn):
         extra = {"p_message": "completed", "p_event_data": transition_data}
-        return conn.execute(_COMPLETE_PG, {**params, **extra}).first() is not None
+        return _COMPLETE_PG.execute(conn, {**params, **extra}).first() is not None
     row = conn.execute(_COMPLETE, params).first()
     if row is None:
         return False

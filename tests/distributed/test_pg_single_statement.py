@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import threading
 import uuid
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import event, select
 
-from atelier.core.db import session_scope, statement_connection
-from atelier.tasks.models import TaskEvent
+from atelier.core.db import DriverStatement, JSONType, session_scope, statement_connection
+from atelier.tasks.models import Task, TaskEvent
 from atelier.tasks.transitions import claim, complete_unchanged
 from tests.api.helpers import runtime_of
 from tests.conftest import AppFactory, b64_png
@@ -36,12 +37,22 @@ def test_claim_and_complete_are_one_statement_each_with_their_events(app_factory
         with statement_connection(engine) as conn:
             claimed = claim(conn, task_id, "w1", 60, 3)
         assert claimed is not None and claimed.status == "EXECUTING"
+        # Compiled once and run as driver SQL: the row still decodes like the ORM's (UUID, aware time, JSON).
+        assert isinstance(claimed.id, uuid.UUID) and claimed.id == task_id
+        assert claimed.updated_at.utcoffset() == timedelta(0)
+        assert claimed.task_data["mode"] == "pad" and claimed.attempt == 1
         assert len(statements) == 1 and statements[0].lstrip().startswith("WITH claimed")
         with statement_connection(engine) as conn:
             assert claim(conn, task_id, "w2", 60, 3) is None  # a duplicate delivery changes nothing
         with statement_connection(engine) as conn:
             done = complete_unchanged(
-                conn, task_id, "w1", claimed.updated_at, task_data={"x": 1}, service_requests=[], service_task_id=None
+                conn,
+                task_id,
+                "w1",
+                claimed.updated_at,
+                task_data={"x": 1, "nested": {"y": [1, 2]}},
+                service_requests=[{"url": "local"}],
+                service_task_id=None,
             )
         assert done
         assert len(statements) == 3
@@ -53,4 +64,28 @@ def test_claim_and_complete_are_one_statement_each_with_their_events(app_factory
         trail = [(e.event_type, e.status, e.message) for e in events]
     assert trail[-2:] == [("TASK_STATUS", "EXECUTING", "claimed by w1"), ("TASK_STATUS", "COMPLETED", "completed")]
     assert events[-1].data == {"from": "EXECUTING", "to": "COMPLETED"}
+    with session_scope(runtime_of(api).sessions) as session:
+        task = session.get(Task, task_id)
+        assert task is not None and task.task_data == {"x": 1, "nested": {"y": [1, 2]}}
+        assert task.service_requests == [{"url": "local"}] and task.progress == 100.0
     assert api.get(str(task_id))["status"] == "COMPLETED"
+
+
+@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
+def test_a_driver_statement_gives_the_rows_sqlalchemy_would(pg_url: str, dialect: str) -> None:
+    from sqlalchemy import bindparam, create_engine, literal, select
+
+    engine = create_engine(pg_url if dialect == "postgresql" else "sqlite://")
+    stmt = DriverStatement(
+        select(literal(7).label("seven"), bindparam("p_doc", type_=JSONType).label("doc"), bindparam("p_n").label("n")),
+        json_params=("p_doc",),
+    )
+    try:
+        with statement_connection(engine) as conn:
+            row = stmt.execute(conn, {"p_doc": {"a": [1, "b"]}, "p_n": 3}).mappings().one()
+            assert dict(row) == {"seven": 7, "doc": {"a": [1, "b"]}, "n": 3}
+            if dialect == "postgresql":  # compiled SQL would silently send NULL for a forgotten parameter
+                with pytest.raises(TypeError, match="p_n"):
+                    stmt.execute(conn, {"p_doc": None})
+    finally:
+        engine.dispose()
