@@ -301,8 +301,9 @@ HUGE = [2**63, 2**64, 10**30]
         "/api/v1/workflows/?skip={}",
         "/api/v1/monitoring/tasks?page={}",
         "/api/v1/monitoring/workflows?page={}",
-        f"/api/v1/tasks/{uuid.uuid4()}/deliveries?skip={{}}",
-        f"/api/v1/workflows/{uuid.uuid4()}/deliveries?skip={{}}",
+        # Fixed unknown ids: test ids must not change between collections (pytest-xdist compares them).
+        "/api/v1/tasks/5f0c2a9e-0000-4000-8000-000000000001/deliveries?skip={}",
+        "/api/v1/workflows/5f0c2a9e-0000-4000-8000-000000000002/deliveries?skip={}",
     ],
 )
 def test_huge_offsets_are_refused_not_a_server_error(idle_api: Api, url: str) -> None:
