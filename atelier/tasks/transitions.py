@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -317,7 +317,10 @@ def claim(
     message, data = f"claimed by {worker}", {"to": S.EXECUTING.value}
     if single_statement_events(conn):
         row = _CLAIM_PG.execute(conn, {**params, "p_message": message, "p_event_data": data}).mappings().first()
-        return None if row is None else SimpleNamespace(**row)
+        if row is None:
+            return None
+        # psycopg gives timestamps in the session's time zone; every other read gives them in UTC.
+        return SimpleNamespace(**{k: v.astimezone(UTC) if isinstance(v, datetime) else v for k, v in row.items()})
     row = conn.execute(_CLAIM, params).mappings().first()
     if row is None:
         return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from datetime import timedelta
+from datetime import UTC
 from typing import Any
 
 import pytest
@@ -39,7 +39,7 @@ def test_claim_and_complete_are_one_statement_each_with_their_events(app_factory
         assert claimed is not None and claimed.status == "EXECUTING"
         # Compiled once and run as driver SQL: the row still decodes like the ORM's (UUID, aware time, JSON).
         assert isinstance(claimed.id, uuid.UUID) and claimed.id == task_id
-        assert claimed.updated_at.utcoffset() == timedelta(0)
+        assert claimed.updated_at.tzinfo is UTC and claimed.created_at.tzinfo is UTC
         assert claimed.task_data["mode"] == "pad" and claimed.attempt == 1
         assert len(statements) == 1 and statements[0].lstrip().startswith("WITH claimed")
         with statement_connection(engine) as conn:
