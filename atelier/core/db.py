@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import JSON, Connection, CursorResult, DateTime, Engine, MetaData, create_engine, event, text
+from sqlalchemy import JSON, Connection, DateTime, Engine, MetaData, create_engine, event, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
@@ -130,9 +130,11 @@ class DriverStatement:
     Even for a statement in its compiled cache, SQLAlchemy builds a cache key and runs bind and result
     processors on every execution: 0.8 ms of CPU per claim, more than psycopg and the server needed. Here the
     statement is compiled once per dialect and run with ``exec_driver_sql`` (pooling, error wrapping and
-    disconnect handling unchanged): 0.5 ms. Rows come back as psycopg decodes them (UUIDs, aware datetimes,
-    JSON values), which for these statements is what the processors would have produced; JSON parameters
-    (``json_params``) are wrapped for psycopg here. Other drivers run the statement as usual.
+    disconnect handling unchanged): 0.5 ms. What the processors did that matters here is done directly: JSON
+    parameters (``json_params``) are wrapped for psycopg, naive datetimes are refused like ``UTCDateTime``
+    refuses them, and timestamps come back in UTC (psycopg gives them in the session's time zone); UUIDs and
+    JSON values psycopg decodes itself. A forgotten parameter raises instead of being sent as NULL. Other
+    drivers run the statement as usual.
     """
 
     def __init__(self, stmt: Any, json_params: Iterable[str] = ()) -> None:
@@ -141,30 +143,38 @@ class DriverStatement:
         self._sql: str | None = None
         self._constants: dict[str, Any] = {}
         self._required: frozenset[str] = frozenset()
+        self._jsonb: Callable[[Any], Any] = lambda value: value
 
     def _compile(self, dialect: Dialect) -> str:
+        from psycopg.types.json import Jsonb  # only PostgreSQL deployments load the driver
+
         compiled = self.stmt.compile(dialect=dialect)
-        binds = compiled.binds
-        self._required = frozenset(name for name, bind in binds.items() if bind.required)
+        self._required = frozenset(name for name, bind in compiled.binds.items() if bind.required)
         self._constants = {name: value for name, value in compiled.params.items() if name not in self._required}
+        self._jsonb = Jsonb
         self._sql = str(compiled)
         return self._sql
 
-    def execute(self, conn: Connection, params: dict[str, Any]) -> CursorResult[Any]:
-        """Run with ``params`` (every bind parameter the statement declares without a value)."""
+    def first(self, conn: Connection, params: dict[str, Any]) -> dict[str, Any] | None:
+        """Run with ``params`` (every bind parameter the statement declares without a value); the first row."""
         if conn.dialect.driver != "psycopg":
-            return conn.execute(self.stmt, params)
+            row = conn.execute(self.stmt, params).mappings().first()
+            return None if row is None else dict(row)
         sql = self._sql or self._compile(conn.dialect)
         missing = self._required - params.keys()
         if missing:
             raise TypeError(f"missing parameters: {sorted(missing)}")
-        from psycopg.types.json import Jsonb
-
         values = {**self._constants, **params}
+        for name, value in values.items():
+            if isinstance(value, datetime) and value.tzinfo is None:
+                raise ValueError(f"naive datetime refused for {name}: use atelier.core.time.utcnow()")
         for name in self.json_params:
             if values[name] is not None:
-                values[name] = Jsonb(values[name])
-        return conn.exec_driver_sql(sql, values)
+                values[name] = self._jsonb(values[name])
+        row = conn.exec_driver_sql(sql, values).mappings().first()
+        if row is None:
+            return None
+        return {k: v.astimezone(UTC) if isinstance(v, datetime) else v for k, v in row.items()}
 
 
 def retry_on_disconnect(work: Callable[[], T]) -> T:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -316,11 +316,8 @@ def claim(
     }
     message, data = f"claimed by {worker}", {"to": S.EXECUTING.value}
     if single_statement_events(conn):
-        row = _CLAIM_PG.execute(conn, {**params, "p_message": message, "p_event_data": data}).mappings().first()
-        if row is None:
-            return None
-        # psycopg gives timestamps in the session's time zone; every other read gives them in UTC.
-        return SimpleNamespace(**{k: v.astimezone(UTC) if isinstance(v, datetime) else v for k, v in row.items()})
+        claimed = _CLAIM_PG.first(conn, {**params, "p_message": message, "p_event_data": data})
+        return None if claimed is None else SimpleNamespace(**claimed)
     row = conn.execute(_CLAIM, params).mappings().first()
     if row is None:
         return None
@@ -392,7 +389,7 @@ def complete_unchanged(
     transition_data = {"from": S.EXECUTING.value, "to": S.COMPLETED.value}
     if single_statement_events(conn):
         extra = {"p_message": "completed", "p_event_data": transition_data}
-        return _COMPLETE_PG.execute(conn, {**params, **extra}).first() is not None
+        return _COMPLETE_PG.first(conn, {**params, **extra}) is not None
     row = conn.execute(_COMPLETE, params).first()
     if row is None:
         return False

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import threading
 import uuid
-from datetime import UTC
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 from sqlalchemy import event, select
+from sqlalchemy.exc import StatementError
 
-from atelier.core.db import DriverStatement, JSONType, session_scope, statement_connection
+from atelier.core.db import DriverStatement, JSONType, UTCDateTime, session_scope, statement_connection
 from atelier.tasks.models import Task, TaskEvent
 from atelier.tasks.transitions import claim, complete_unchanged
 from tests.api.helpers import runtime_of
@@ -77,15 +78,24 @@ def test_a_driver_statement_gives_the_rows_sqlalchemy_would(pg_url: str, dialect
 
     engine = create_engine(pg_url if dialect == "postgresql" else "sqlite://")
     stmt = DriverStatement(
-        select(literal(7).label("seven"), bindparam("p_doc", type_=JSONType).label("doc"), bindparam("p_n").label("n")),
+        select(
+            literal(7).label("seven"),
+            bindparam("p_doc", type_=JSONType).label("doc"),
+            bindparam("p_n").label("n"),
+            bindparam("p_at", type_=UTCDateTime).label("at"),
+        ),
         json_params=("p_doc",),
     )
+    at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=2)))
     try:
         with statement_connection(engine) as conn:
-            row = stmt.execute(conn, {"p_doc": {"a": [1, "b"]}, "p_n": 3}).mappings().one()
-            assert dict(row) == {"seven": 7, "doc": {"a": [1, "b"]}, "n": 3}
-            if dialect == "postgresql":  # compiled SQL would silently send NULL for a forgotten parameter
-                with pytest.raises(TypeError, match="p_n"):
-                    stmt.execute(conn, {"p_doc": None})
+            row = stmt.first(conn, {"p_doc": {"a": [1, "b"]}, "p_n": 3, "p_at": at})
+            assert row == {"seven": 7, "doc": {"a": [1, "b"]}, "n": 3, "at": at}
+            assert row["at"].tzinfo is UTC
+            # compiled SQL would silently send NULL for a forgotten parameter, and a naive time as local time
+            with pytest.raises((TypeError, StatementError), match="p_n"):
+                stmt.first(conn, {"p_doc": None, "p_at": at})
+            with pytest.raises((ValueError, StatementError), match="naive datetime refused"):
+                stmt.first(conn, {"p_doc": None, "p_n": 1, "p_at": at.replace(tzinfo=None)})
     finally:
         engine.dispose()
