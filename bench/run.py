@@ -272,18 +272,22 @@ def _flush(prefix: str) -> None:
 # ------------------------------------------------------------------------------------------------ throughput
 
 
-def _drain_seconds(app: Any, queue: str, hostname: str, publish: Any, done: Any, n: int) -> float:
-    """Stop consuming, publish n messages, resume, and time until all are done."""
+def _drain_seconds(app: Any, queue: str, hostname: str, publish: Any, done: Any, finished_at: Any, n: int) -> float:
+    """Stop consuming, publish n messages, resume, and time until the last one was done.
+
+    ``finished_at()`` is the wall-clock time the last task finished, as the worker recorded it: the poll only
+    says when to stop looking (polling costs CPU on the shared cores, so it is rare), not when the drain ended.
+    """
     app.control.cancel_consumer(queue, destination=[hostname], reply=True, timeout=5)
     publish(n)
-    start = time.perf_counter()
+    start = time.time()
     app.control.add_consumer(queue, destination=[hostname], reply=True, timeout=5)
     deadline = time.monotonic() + 600
     while done() < n:
         if time.monotonic() > deadline:
             raise RuntimeError(f"only {done()}/{n} done")
-        time.sleep(0.05)  # polling costs CPU on the shared cores: keep it rare (±50 ms on multi-second runs)
-    return time.perf_counter() - start
+        time.sleep(0.05)
+    return float(finished_at()) - start
 
 
 def _wait_ping(app: Any, hostname: str) -> None:
@@ -353,6 +357,7 @@ def _noop_rate(n: int, concurrency: int) -> float:
             hostname,
             lambda k: [noop.apply_async(queue=prefix + "noop") for _ in range(k)],
             lambda: int(counter.get(prefix + "done") or 0),
+            lambda: float(counter.get(prefix + "last") or 0),
             n,
         )
     _flush(prefix)
@@ -390,17 +395,25 @@ def _atelier_rate(n: int, concurrency: int) -> float:
                     TaskService(session, runtime, principal).create(body)
                     session.commit()
 
+        from sqlalchemy import func, select
+
+        from atelier.tasks.models import Task
+
         def done() -> int:
-            from sqlalchemy import func, select
-
-            from atelier.tasks.models import Task
-
             with runtime.sessions() as session:
                 return int(session.execute(select(func.count()).where(Task.status == "COMPLETED")).scalar_one())
 
+        def finished_at() -> float:
+            with runtime.sessions() as session:
+                last = session.execute(select(func.max(Task.completed_at))).scalar_one()
+                assert last is not None, "done() saw them completed"
+                return float(last.timestamp())
+
         with process(cmd, env, tmp / "worker.log"):
             _wait_ping(runtime.celery, hostname)
-            seconds = _drain_seconds(runtime.celery, queue_name(settings, "local"), hostname, publish, done, n)
+            seconds = _drain_seconds(
+                runtime.celery, queue_name(settings, "local"), hostname, publish, done, finished_at, n
+            )
         runtime.close()
         _flush(prefix)
     return n / seconds

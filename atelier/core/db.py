@@ -155,6 +155,11 @@ class DriverStatement:
         self._sql = str(compiled)
         return self._sql
 
+    def prepare(self, dialect: Dialect) -> None:
+        """Compile now rather than at the first run (a worker does it before forking its pool processes)."""
+        if dialect.driver == "psycopg" and self._sql is None:
+            self._compile(dialect)
+
     def first(self, conn: Connection, params: dict[str, Any]) -> dict[str, Any] | None:
         """Run with ``params`` (every bind parameter the statement declares without a value); the first row."""
         if conn.dialect.driver != "psycopg":

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import httpx
 from celery import Celery
 from sqlalchemy import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from atelier.core.db import create_db_engine, create_session_factory
@@ -54,6 +55,17 @@ class Runtime:
         """In a forked worker child: drop inherited connections (they belong to the parent) and reopen clients."""
         self.engine.dispose(close=False)
         self.http = httpx.Client(timeout=self.settings.inputs.fetch_timeout_seconds, follow_redirects=False)
+
+    def warm_up(self) -> None:
+        """Open one pooled database connection now, so a new worker process's first task does not wait for it.
+
+        A database that cannot be reached is not an error here: the first task connects, and retries, as usual.
+        """
+        try:
+            with self.engine.connect():
+                pass
+        except DBAPIError as exc:
+            log.warning("database unreachable while starting a worker process (%s); its first task will connect", exc)
 
     def close(self) -> None:
         """Release connections."""

@@ -358,6 +358,8 @@ _COMPLETE_PG = DriverStatement(
     _with_event(_COMPLETE, S.COMPLETED, "completed"), json_params=("p_event_data", "p_task_data", "p_requests")
 )
 
+WORKER_STATEMENTS = (_CLAIM_PG, _COMPLETE_PG)  # run for every task: compiled before a worker forks (worker.py)
+
 
 def complete_unchanged(
     conn: Connection,
