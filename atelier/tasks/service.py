@@ -12,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
 from atelier.core.auth import Principal
+from atelier.core.db import read_connection
 from atelier.core.errors import ConflictError, InvalidInputError, NotFoundError, ServiceUnavailableError
 from atelier.core.runtime import Runtime
 from atelier.core.time import utcnow
@@ -76,7 +77,7 @@ def read_task(
     runtime: Runtime, principal: Principal, task_id: uuid.UUID, task_type: TaskType | None = None
 ) -> SimpleNamespace:
     """A tenant's task as a plain record, without an ORM session (404 as ``TaskService.get``)."""
-    with runtime.engine.connect() as conn:
+    with read_connection(runtime.engine) as conn:
         task = repository.read_record(conn, principal.tenant, task_id)
     if task is None or (task_type is not None and task.task_type != task_type.value):
         kind = f"{task_type.value.lower()} task" if task_type else "task"

@@ -11,7 +11,14 @@ import pytest
 from sqlalchemy import event, select
 from sqlalchemy.exc import StatementError
 
-from atelier.core.db import DriverStatement, JSONType, UTCDateTime, session_scope, statement_connection
+from atelier.core.db import (
+    DriverStatement,
+    JSONType,
+    UTCDateTime,
+    read_connection,
+    session_scope,
+    statement_connection,
+)
 from atelier.tasks.models import Task, TaskEvent
 from atelier.tasks.transitions import claim, complete_unchanged
 from tests.api.helpers import runtime_of
@@ -99,3 +106,26 @@ def test_a_driver_statement_gives_the_rows_sqlalchemy_would(pg_url: str, dialect
                 stmt.first(conn, {"p_doc": None, "p_n": 1, "p_at": at.replace(tzinfo=None)})
     finally:
         engine.dispose()
+
+
+def test_task_reads_run_without_a_transaction_and_leave_none_behind(app_factory: AppFactory, pg_url: str) -> None:
+    api = app_factory(worker=False, database={"url": pg_url})
+    task = api.create({"task_type": "IMAGE_ADJUSTER", "input_image": b64_png(), "aspect_ratio": 1.0})
+    engine = runtime_of(api).engine
+
+    def two_clocks(conn: Any) -> tuple[datetime, datetime]:
+        # now() is the start of the current transaction: equal twice inside one, different in autocommit
+        return conn.exec_driver_sql("SELECT now()").scalar_one(), conn.exec_driver_sql("SELECT now()").scalar_one()
+
+    with engine.connect() as conn:
+        first, second = two_clocks(conn)
+        assert first == second  # the control: an ordinary connection opens a transaction (BEGIN … ROLLBACK)
+    with read_connection(engine) as conn:
+        first, second = two_clocks(conn)
+        assert first != second  # no BEGIN, so no ROLLBACK when the connection goes back to the pool
+    with engine.connect() as conn:  # the pooled connection is back in transactional mode
+        assert conn.connection.dbapi_connection.autocommit is False  # type: ignore[union-attr]
+        first, second = two_clocks(conn)
+        assert first == second
+    read = api.get(task["id"])  # the read and the PENDING task's queue estimate go through read_connection
+    assert read["status"] == "PENDING" and read["queue_position"] == 0
