@@ -77,7 +77,7 @@ async def get_generation_task(
     """Get a generation task by ID."""
     base = base_url(rt, request)  # hot path: one thread hop, Core read, pre-serialised response
     model = await run_in_threadpool(
-        lambda: to_public(read_task(rt, principal, task_id, TaskType.GENERATION), base, rt.engine)
+        lambda: to_public(read_task(rt, principal, task_id, TaskType.GENERATION, with_estimate=True), base)
     )
     return json_response(model)
 
@@ -251,7 +251,7 @@ async def stream_task_events(
 async def get_task(task_id: uuid.UUID, rt: RuntimeDep, principal: PrincipalDep, request: Request) -> Response:
     """Get a task by ID."""
     base = base_url(rt, request)  # hot path: one thread hop, Core read, pre-serialised response
-    model = await run_in_threadpool(lambda: to_public(read_task(rt, principal, task_id), base, rt.engine))
+    model = await run_in_threadpool(lambda: to_public(read_task(rt, principal, task_id, with_estimate=True), base))
     return json_response(model)
 
 

@@ -16,7 +16,6 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select
 
-from atelier.core.db import read_connection
 from atelier.tasks.enums import TaskStatus
 from atelier.tasks.models import Task
 
@@ -71,12 +70,11 @@ def _stats(engine: Engine, conn: Connection, queue: str) -> _Stats:
     return stats
 
 
-def estimate(engine: Engine, task: Any) -> tuple[int, float | None]:
+def estimate(conn: Connection, task: Any) -> tuple[int, float | None]:
     """``(queue_position, eta_seconds)`` of a PENDING task (``task``: a row or a plain record)."""
-    with read_connection(engine) as conn:
-        params = {"queue": task.queue_name, "priority": task.priority, "created": task.created_at}
-        ahead = int(conn.execute(_AHEAD, params).scalar() or 0)
-        stats = _stats(engine, conn, task.queue_name)
+    params = {"queue": task.queue_name, "priority": task.priority, "created": task.created_at}
+    ahead = int(conn.execute(_AHEAD, params).scalar() or 0)
+    stats = _stats(conn.engine, conn, task.queue_name)
     if stats.mean_run_seconds is None:
         return ahead, None
     rounds = ahead // max(stats.running, 1) + 1

@@ -31,6 +31,7 @@ from atelier.tasks.enums import (
 )
 from atelier.tasks.execution import dispatch_for
 from atelier.tasks.models import Task
+from atelier.tasks.queue import estimate
 from atelier.tasks.repository import TaskFilters
 from atelier.tasks.schemas import (
     SERVICE_MANAGED,
@@ -74,15 +75,25 @@ def validate_provider_config(
 
 
 def read_task(
-    runtime: Runtime, principal: Principal, task_id: uuid.UUID, task_type: TaskType | None = None
+    runtime: Runtime,
+    principal: Principal,
+    task_id: uuid.UUID,
+    task_type: TaskType | None = None,
+    *,
+    with_estimate: bool = False,
 ) -> SimpleNamespace:
-    """A tenant's task as a plain record, without an ORM session (404 as ``TaskService.get``)."""
+    """A tenant's task as a plain record, without an ORM session (404 as ``TaskService.get``).
+
+    ``with_estimate``: a PENDING task also gets ``queue_estimate`` (queue position, ETA), read on the same connection.
+    """
     with read_connection(runtime.engine) as conn:
         task = repository.read_record(conn, principal.tenant, task_id)
-    if task is None or (task_type is not None and task.task_type != task_type.value):
-        kind = f"{task_type.value.lower()} task" if task_type else "task"
-        raise NotFoundError(f"{kind} {task_id} not found")
-    lifetimes.check_not_expired(task)
+        if task is None or (task_type is not None and task.task_type != task_type.value):
+            kind = f"{task_type.value.lower()} task" if task_type else "task"
+            raise NotFoundError(f"{kind} {task_id} not found")
+        lifetimes.check_not_expired(task)
+        if with_estimate and task.status == TaskStatus.PENDING.value:
+            task.queue_estimate = estimate(conn, task)
     return task
 
 

@@ -6,12 +6,10 @@ from types import SimpleNamespace
 from typing import Any
 
 from fastapi import Request
-from sqlalchemy import Engine
 
 from atelier.core.runtime import Runtime
-from atelier.tasks.enums import TaskStatus, TaskType
+from atelier.tasks.enums import TaskType
 from atelier.tasks.models import Task
-from atelier.tasks.queue import estimate
 from atelier.tasks.schemas import PUBLIC_MODELS, TaskPublicBase
 
 # A task as an ORM object or as a plain record read with Core (same attribute names).
@@ -42,10 +40,11 @@ def task_fields(task: TaskRecord) -> dict[str, Any]:
     return data
 
 
-def to_public(task: TaskRecord, base: str, engine: Engine | None = None) -> TaskPublicBase:
-    """The type-specific public model of a task; with ``engine``, a PENDING task's queue position and ETA too."""
+def to_public(task: TaskRecord, base: str) -> TaskPublicBase:
+    """The type-specific public model of a task (with a queue position and ETA where ``read_task`` added them)."""
     data = task_fields(task)
     data.update(request_id=str(task.id), status_url=status_url(base, task))
-    if engine is not None and task.status == TaskStatus.PENDING.value:
-        data["queue_position"], data["eta_seconds"] = estimate(engine, task)
+    queue_estimate = getattr(task, "queue_estimate", None)
+    if queue_estimate is not None:
+        data["queue_position"], data["eta_seconds"] = queue_estimate
     return PUBLIC_MODELS[TaskType(task.task_type)].model_validate(data)
