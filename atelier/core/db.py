@@ -128,8 +128,8 @@ def statement_connection(engine: Engine) -> Iterator[Connection]:
 def read_connection(engine: Engine) -> Iterator[Connection]:
     """A connection for reads that need no snapshot in common (each statement answers by itself).
 
-    PostgreSQL runs them in autocommit mode: no BEGIN before the first statement and no ROLLBACK when the
-    connection goes back to the pool, two round trips of the three a one-row read took.
+    PostgreSQL runs them in autocommit mode: no BEGIN round trip before the first statement and no ROLLBACK
+    round trip when the connection goes back to the pool (it leaves the pool, and comes back, transactional).
     """
     with engine.connect() as conn:
         yield conn.execution_options(isolation_level="AUTOCOMMIT") if engine.dialect.name == "postgresql" else conn
