@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select
+from sqlalchemy import Connection, and_, bindparam, func, or_, select
 
 from atelier.tasks.enums import TaskStatus
 from atelier.tasks.models import Task
@@ -55,8 +55,8 @@ _cache: dict[tuple[int, str], _Stats] = {}
 _lock = threading.Lock()
 
 
-def _stats(engine: Engine, conn: Connection, queue: str) -> _Stats:
-    key = (id(engine), queue)
+def _stats(conn: Connection, queue: str) -> _Stats:
+    key = (id(conn.engine), queue)
     now = time.monotonic()
     with _lock:
         cached = _cache.get(key)
@@ -74,7 +74,7 @@ def estimate(conn: Connection, task: Any) -> tuple[int, float | None]:
     """``(queue_position, eta_seconds)`` of a PENDING task (``task``: a row or a plain record)."""
     params = {"queue": task.queue_name, "priority": task.priority, "created": task.created_at}
     ahead = int(conn.execute(_AHEAD, params).scalar() or 0)
-    stats = _stats(conn.engine, conn, task.queue_name)
+    stats = _stats(conn, task.queue_name)
     if stats.mean_run_seconds is None:
         return ahead, None
     rounds = ahead // max(stats.running, 1) + 1
