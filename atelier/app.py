@@ -14,6 +14,7 @@ from sqlalchemy import text
 
 from atelier import __version__
 from atelier.admin.endpoints import router as admin_router
+from atelier.core.deps import read_executor
 from atelier.core.http import BodySizeLimit, document_error_responses, install_error_handlers
 from atelier.core.runtime import Runtime, build_runtime
 from atelier.dashboard import mount_dashboard
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None, *, providers: ProviderRegistry 
         runtime = build_runtime(settings, providers)
         app.state.runtime = runtime
         to_thread.current_default_thread_limiter().total_tokens = settings.server.threadpool_size
+        app.state.read_executor = read_executor(runtime)
         worker, reaper, webhooks = _start_engine(runtime)
         try:
             yield
@@ -87,6 +89,8 @@ def create_app(settings: Settings | None = None, *, providers: ProviderRegistry 
                 worker.stop()
             if settings.embedded:
                 purge_vhost(str(runtime.celery.conf.broker_url).rsplit("/", 1)[-1])
+            if app.state.read_executor is not None:
+                app.state.read_executor.shutdown(wait=True)
             runtime.close()
 
     app = FastAPI(title="Atelier Compute", version=__version__, description=DESCRIPTION, lifespan=lifespan)

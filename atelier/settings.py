@@ -23,6 +23,13 @@ class ServerSettings(BaseModel):
         "Defaults to the URL of the incoming request.",
     )
     threadpool_size: int = Field(40, ge=1, description="Worker threads for sync endpoints (also sizes the DB pool).")
+    read_threads: int | None = Field(
+        None,
+        ge=1,
+        description="Threads of their own for the hot reads (`GET /api/v1/tasks/{id}`, the status surfaces). "
+        "Empty: 4 on SQLite, whose reads are CPU work under the GIL that a few threads serve faster than many; "
+        "the shared threadpool on PostgreSQL, whose reads wait on the network.",
+    )
     max_sync_wait_seconds: int = Field(
         60,
         ge=0,

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Annotated
+import asyncio
+import contextvars
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Header, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from atelier.core.auth import Principal, decode_token
 from atelier.core.db import session_scope
 from atelier.core.errors import AuthError
 from atelier.core.runtime import Runtime
+
+T = TypeVar("T")
+SQLITE_READ_THREADS = 4
 
 bearer_scheme = HTTPBearer(auto_error=False, description="JWT Bearer token")
 
@@ -71,3 +78,27 @@ async def get_status_principal(
 
 
 StatusPrincipalDep = Annotated[Principal, Depends(get_status_principal)]
+
+
+def read_executor(runtime: Runtime) -> ThreadPoolExecutor | None:
+    """The hot reads' own threads (``server.read_threads``), or None for the shared threadpool.
+
+    On SQLite a read is in-process CPU work that holds the GIL but for the statement itself. With the shared
+    threadpool's 40 threads, concurrent requests become 40 threads taking turns at the GIL, and the event loop,
+    which parses requests and writes responses, waits its turn behind them: a task read ran at 0.45x a bare
+    FastAPI read. Four threads of its own: 0.7-0.8x (``bench.run status``). PostgreSQL reads wait on the network,
+    so many threads are what they need.
+    """
+    threads = runtime.settings.server.read_threads
+    if threads is None and runtime.engine.dialect.name == "sqlite":
+        threads = SQLITE_READ_THREADS
+    return None if threads is None else ThreadPoolExecutor(threads, thread_name_prefix="atelier-read")
+
+
+async def run_read(request: Request, read: Callable[[], T]) -> T:
+    """Run a hot read off the event loop: on the app's read threads when it has them, else the threadpool."""
+    executor: ThreadPoolExecutor | None = request.app.state.read_executor
+    if executor is None:
+        return await run_in_threadpool(read)
+    context = contextvars.copy_context()  # as the threadpool does: request-scoped context vars reach the read
+    return await asyncio.get_running_loop().run_in_executor(executor, context.run, read)

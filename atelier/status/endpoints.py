@@ -9,11 +9,10 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
-from starlette.concurrency import run_in_threadpool
 
 from atelier.core.auth import Principal
 from atelier.core.db import session_scope
-from atelier.core.deps import RuntimeDep, StatusPrincipalDep
+from atelier.core.deps import RuntimeDep, StatusPrincipalDep, run_read
 from atelier.core.errors import NotFoundError
 from atelier.core.runtime import Runtime
 from atelier.status.views import v1_job, v2_status, workflow_v1_job, workflow_v2_status
@@ -75,7 +74,7 @@ async def get_status(request_id: str, rt: RuntimeDep, principal: StatusPrincipal
         workflow = _find_workflow(rt, principal, request_id)
         return None if workflow is None else workflow_v2_status(workflow, storage, base)
 
-    body = await run_in_threadpool(view)
+    body = await run_read(request, view)
     if body is None:
         return JSONResponse({"status": "NOT_FOUND"}, status_code=404)
     return JSONResponse(body)
@@ -97,4 +96,4 @@ async def get_job(id: str, rt: RuntimeDep, principal: StatusPrincipalDep, reques
         public = to_public(task, base).model_dump(mode="json")
         return v1_job(task, TenantStorage(rt.storage, principal.tenant), base, public)
 
-    return JSONResponse(await run_in_threadpool(view))
+    return JSONResponse(await run_read(request, view))

@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from atelier.core import idempotency
-from atelier.core.deps import PrincipalDep, RuntimeDep, SessionDep, json_response
+from atelier.core.deps import PrincipalDep, RuntimeDep, SessionDep, json_response, run_read
 from atelier.core.errors import NotFoundError
 from atelier.core.idempotency import IdempotencyKeyHeader
 from atelier.tasks import events_stream
@@ -76,8 +76,8 @@ async def get_generation_task(
 ) -> Response:
     """Get a generation task by ID."""
     base = base_url(rt, request)  # hot path: one thread hop, Core read, pre-serialised response
-    model = await run_in_threadpool(
-        lambda: to_public(read_task(rt, principal, task_id, TaskType.GENERATION, with_estimate=True), base)
+    model = await run_read(
+        request, lambda: to_public(read_task(rt, principal, task_id, TaskType.GENERATION, with_estimate=True), base)
     )
     return json_response(model)
 
@@ -251,7 +251,7 @@ async def stream_task_events(
 async def get_task(task_id: uuid.UUID, rt: RuntimeDep, principal: PrincipalDep, request: Request) -> Response:
     """Get a task by ID."""
     base = base_url(rt, request)  # hot path: one thread hop, Core read, pre-serialised response
-    model = await run_in_threadpool(lambda: to_public(read_task(rt, principal, task_id, with_estimate=True), base))
+    model = await run_read(request, lambda: to_public(read_task(rt, principal, task_id, with_estimate=True), base))
     return json_response(model)
 
 
