@@ -1,4 +1,4 @@
-"""Queue position and ETA of a waiting task, from the database (cheap: two indexed reads, stats cached).
+"""Queue position and ETA of a waiting task, from the database (cheap: one indexed count, stats cached).
 
 Position: PENDING tasks of the same queue that start first — a higher priority, or the same priority and
 older (``ix_tasks_queue_order``). It is an estimate: per-tenant fairness and retry delays can reorder a little.
@@ -12,9 +12,8 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, or_, select
+from sqlalchemy import Connection, and_, bindparam, case, func, or_, select
 
 from atelier.tasks.enums import TaskStatus
 from atelier.tasks.models import Task
@@ -22,14 +21,27 @@ from atelier.tasks.models import Task
 STATS_TTL_SECONDS = 5.0
 SAMPLE = 50
 
-_AHEAD = select(func.count()).where(
-    Task.status == TaskStatus.PENDING.value,
-    Task.queue_name == bindparam("queue"),
-    or_(
-        Task.priority > bindparam("priority"),
-        and_(Task.priority == bindparam("priority"), Task.created_at < bindparam("created")),
+_BEFORE = Task.__table__.alias("before")
+# The row's queue position as a column of the row's own read (one statement, not two): PENDING tasks of its queue
+# that start first. NULL for any other status (CASE evaluates the count only for a PENDING row).
+QUEUE_AHEAD = case(
+    (
+        Task.status == TaskStatus.PENDING.value,
+        select(func.count())
+        .select_from(_BEFORE)
+        .where(
+            _BEFORE.c.status == TaskStatus.PENDING.value,
+            _BEFORE.c.queue_name == Task.queue_name,
+            or_(
+                _BEFORE.c.priority > Task.priority,
+                and_(_BEFORE.c.priority == Task.priority, _BEFORE.c.created_at < Task.created_at),
+            ),
+        )
+        .correlate(Task.__table__)
+        .scalar_subquery(),
     ),
-)
+    else_=None,
+).label("queue_ahead")
 _RUNNING = select(func.count()).where(Task.status == TaskStatus.EXECUTING.value, Task.queue_name == bindparam("queue"))
 _RECENT = (
     select(Task.started_at, Task.completed_at)
@@ -70,11 +82,10 @@ def _stats(conn: Connection, queue: str) -> _Stats:
     return stats
 
 
-def estimate(conn: Connection, task: Any) -> tuple[int, float | None]:
-    """``(queue_position, eta_seconds)`` of a PENDING task (``task``: a row or a plain record)."""
-    params = {"queue": task.queue_name, "priority": task.priority, "created": task.created_at}
-    ahead = int(conn.execute(_AHEAD, params).scalar() or 0)
-    stats = _stats(conn, task.queue_name)
+def estimate(conn: Connection, queue: str, ahead: int) -> tuple[int, float | None]:
+    """``(queue_position, eta_seconds)`` of a PENDING task of ``queue`` with ``ahead`` tasks before it
+    (``QUEUE_AHEAD`` read with its row)."""
+    stats = _stats(conn, queue)
     if stats.mean_run_seconds is None:
         return ahead, None
     rounds = ahead // max(stats.running, 1) + 1

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from atelier.tasks.enums import TaskStatus, TaskType
 from atelier.tasks.models import Task
+from atelier.tasks.queue import QUEUE_AHEAD
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class TaskFilters:
 _BY_ID = select(Task).where(Task.id == bindparam("task_id"), Task.tenant_id == bindparam("tenant"))
 _BY_ID_FOR_UPDATE = _BY_ID.with_for_update()
 _RECORD_BY_ID = select(*Task.__table__.c).where(Task.id == bindparam("task_id"), Task.tenant_id == bindparam("tenant"))
+_RECORD_WITH_AHEAD = _RECORD_BY_ID.add_columns(QUEUE_AHEAD)
 
 
 def get_for_tenant(session: Session, tenant: str, task_id: uuid.UUID, *, for_update: bool = False) -> Task | None:
@@ -40,9 +42,15 @@ def get_for_tenant(session: Session, tenant: str, task_id: uuid.UUID, *, for_upd
     return session.execute(stmt, {"task_id": task_id, "tenant": tenant}).scalar_one_or_none()
 
 
-def read_record(conn: Connection, tenant: str, task_id: uuid.UUID) -> SimpleNamespace | None:
-    """The task's columns as a plain record, read without an ORM session (the hot status-read path)."""
-    row = conn.execute(_RECORD_BY_ID, {"task_id": task_id, "tenant": tenant}).mappings().first()
+def read_record(
+    conn: Connection, tenant: str, task_id: uuid.UUID, *, with_ahead: bool = False
+) -> SimpleNamespace | None:
+    """The task's columns as a plain record, read without an ORM session (the hot status-read path).
+
+    ``with_ahead``: the record also has ``queue_ahead``, the queue position of a PENDING task (None otherwise).
+    """
+    stmt = _RECORD_WITH_AHEAD if with_ahead else _RECORD_BY_ID
+    row = conn.execute(stmt, {"task_id": task_id, "tenant": tenant}).mappings().first()
     return SimpleNamespace(**row) if row is not None else None
 
 

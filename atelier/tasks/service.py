@@ -87,13 +87,13 @@ def read_task(
     ``with_estimate``: a PENDING task also gets ``queue_estimate`` (queue position, ETA), read on the same connection.
     """
     with read_connection(runtime.engine) as conn:
-        task = repository.read_record(conn, principal.tenant, task_id)
+        task = repository.read_record(conn, principal.tenant, task_id, with_ahead=with_estimate)
         if task is None or (task_type is not None and task.task_type != task_type.value):
             kind = f"{task_type.value.lower()} task" if task_type else "task"
             raise NotFoundError(f"{kind} {task_id} not found")
         lifetimes.check_not_expired(task)
         if with_estimate and task.status == TaskStatus.PENDING.value:
-            task.queue_estimate = estimate(conn, task)
+            task.queue_estimate = estimate(conn, task.queue_name, task.queue_ahead)
     return task
 
 

@@ -129,3 +129,21 @@ def test_task_reads_run_without_a_transaction_and_leave_none_behind(app_factory:
         assert first == second
     read = api.get(task["id"])  # the read and the PENDING task's queue estimate go through read_connection
     assert read["status"] == "PENDING" and read["queue_position"] == 0
+
+
+def test_a_pending_read_and_its_queue_position_are_one_statement(app_factory: AppFactory, pg_url: str) -> None:
+    api = app_factory(worker=False, database={"url": pg_url})
+    body = {"task_type": "IMAGE_ADJUSTER", "input_image": b64_png(), "aspect_ratio": 1.0}
+    first, second, third = (api.create(body) for _ in range(3))
+    urgent = api.create({**body, "priority": 5})
+    engine = runtime_of(api).engine
+    api.get(third["id"])  # the queue's run-time statistics are read once, then cached for a few seconds
+    statements: list[str] = []
+    listener = lambda *args: statements.append(args[2])  # noqa: E731 - (conn, cursor, statement, ...)
+    event.listen(engine, "before_cursor_execute", listener)
+    try:
+        positions = [api.get(t["id"])["queue_position"] for t in (urgent, first, second, third)]
+    finally:
+        event.remove(engine, "before_cursor_execute", listener)
+    assert positions == [0, 1, 2, 3]
+    assert len(statements) == 4, statements  # one per read: the row with its position
