@@ -11,7 +11,6 @@ import io
 import json
 import os
 import statistics
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from atelier.settings import Settings
 from atelier.storage.backend import LocalStorage
 from atelier.storage.service import TenantStorage
 from atelier.tasks.enums import TaskType
+from bench.run import scratch
 
 
 def photo(size: int) -> bytes:
@@ -77,7 +77,7 @@ def context(storage: TenantStorage, inputs: dict[str, Any], limits: FetchLimits)
 
 
 def bench_adjuster(repeat: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as d:
+    with scratch() as d:
         storage = TenantStorage(LocalStorage(Path(d)), "bench")
         data = photo(4096)
         storage.save("in/big.jpg", data)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -24,7 +23,18 @@ from typing import Any
 import httpx
 import psycopg
 
-from bench.run import REDIS_URL, _flush, _pct, atelier_env, database, free_port, process, uvicorn_cmd, wait_http
+from bench.run import (
+    REDIS_URL,
+    _flush,
+    _pct,
+    atelier_env,
+    database,
+    free_port,
+    process,
+    scratch,
+    uvicorn_cmd,
+    wait_http,
+)
 
 TYPES = [
     ("GENERATION", "FAL_STANDARD", "fal"),
@@ -149,7 +159,7 @@ def bench_monitoring(tasks: int, workflows: int, calls: int, cold_calls: int) ->
     from atelier.core.migrate import upgrade
     from atelier.settings import Settings
 
-    with tempfile.TemporaryDirectory() as d, database("postgres", Path(d)) as db:
+    with scratch() as d, database("postgres", Path(d)) as db:
         tmp = Path(d)
         upgrade(db)
         seconds = seed(db.replace("postgresql+psycopg://", "postgresql://"), tasks, workflows)

@@ -21,7 +21,6 @@ import os
 import platform
 import statistics
 import subprocess
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -47,6 +46,7 @@ from bench.run import (
     database,
     free_port,
     process,
+    scratch,
     uvicorn_cmd,
     wait_http,
 )
@@ -171,7 +171,7 @@ def bench_rss() -> dict[str, Any]:
     """Idle RSS: `atelier serve` (embedded, with its in-process worker) vs a bare uvicorn FastAPI+SQLAlchemy app;
     `atelier worker -c 2` (prefork, Redis + PostgreSQL) vs a bare Celery worker with the same pool and broker."""
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as d, database("sqlite", Path(d)) as db:
+    with scratch() as d, database("sqlite", Path(d)) as db:
         tmp = Path(d)
         from atelier.core.migrate import upgrade
 
@@ -188,7 +188,7 @@ def bench_rss() -> dict[str, Any]:
             httpx.get(f"http://127.0.0.1:{port_b}/openapi.json")
             base_kib = _settled_rss(base)
         results["api"] = {"atelier_mib": api_kib / 1024, "baseline_mib": base_kib / 1024, "ratio": api_kib / base_kib}
-    with tempfile.TemporaryDirectory() as d, database("postgres", Path(d)) as db:
+    with scratch() as d, database("postgres", Path(d)) as db:
         tmp = Path(d)
         from atelier.core.migrate import upgrade
         from atelier.core.runtime import build_runtime

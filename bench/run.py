@@ -40,6 +40,17 @@ REDIS_URL = os.environ.get("BENCH_REDIS", "redis://127.0.0.1:6379/0")
 RABBIT_URL = os.environ.get("BENCH_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672//")
 BROKERS = {"redis": REDIS_URL, "rabbitmq": RABBIT_URL}
 PY = sys.executable
+SCRATCH = ROOT / "bench" / ".work"
+
+
+def scratch() -> tempfile.TemporaryDirectory[str]:
+    """A temporary folder for a run's data dir, SQLite file and logs, on the disk the checkout is on.
+
+    Not /tmp: a deployment keeps its data dir on its own disk, and file creation in /tmp measured 2.5x slower
+    than on the checkout's disk on the benchmark machine (0.59 vs 0.24 ms), which every stored output pays.
+    """
+    SCRATCH.mkdir(exist_ok=True)
+    return tempfile.TemporaryDirectory(dir=SCRATCH)
 
 
 def free_port() -> int:
@@ -137,7 +148,7 @@ def wrk(url: str, headers: dict[str, str], seconds: int, connections: int = 16) 
 
 
 def bench_status(kind: str, seconds: int, rounds: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as d, database(kind, Path(d)) as db_url:
+    with scratch() as d, database(kind, Path(d)) as db_url:
         tmp = Path(d)
         from atelier.core.migrate import upgrade
 
@@ -212,7 +223,7 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def bench_latency(mode: str, samples: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as d, database("sqlite" if mode == "embedded" else "postgres", Path(d)) as db:
+    with scratch() as d, database("sqlite" if mode == "embedded" else "postgres", Path(d)) as db:
         tmp = Path(d)
         from atelier.core.migrate import upgrade
 
@@ -349,7 +360,7 @@ def _noop_rate(n: int, concurrency: int) -> float:
     ]
     counter = redis.Redis.from_url(REDIS_URL)
     counter.delete(prefix + "done")
-    with tempfile.TemporaryDirectory() as d, process(cmd, env, Path(d) / "noop.log"):
+    with scratch() as d, process(cmd, env, Path(d) / "noop.log"):
         _wait_ping(app, hostname)
         seconds = _drain_seconds(
             app,
@@ -365,7 +376,7 @@ def _noop_rate(n: int, concurrency: int) -> float:
 
 
 def _atelier_rate(n: int, concurrency: int) -> float:
-    with tempfile.TemporaryDirectory() as d, database("postgres", Path(d)) as db:
+    with scratch() as d, database("postgres", Path(d)) as db:
         tmp = Path(d)
         prefix = f"bench-ours-{uuid.uuid4().hex[:6]}."
         env = atelier_env(tmp, db, broker=REDIS_URL, prefix=prefix, ATELIER_REAPER__ENABLED="false")

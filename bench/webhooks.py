@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 import threading
 import time
 import uuid
@@ -29,7 +28,18 @@ from typing import Any
 import httpx
 from sqlalchemy import create_engine, func, select
 
-from bench.run import _pct, atelier_env, database, free_port, process, tiny_png, token, uvicorn_cmd, wait_http
+from bench.run import (
+    _pct,
+    atelier_env,
+    database,
+    free_port,
+    process,
+    scratch,
+    tiny_png,
+    token,
+    uvicorn_cmd,
+    wait_http,
+)
 
 
 class Arrivals:
@@ -110,7 +120,7 @@ def _batch(api: str, headers: dict[str, str], db: str, n: int, hook: str | None,
 def bench_webhooks(n: int, rounds: int) -> dict[str, Any]:
     from atelier.core.migrate import upgrade
 
-    with tempfile.TemporaryDirectory() as d, database("sqlite", Path(d)) as db, receiver() as (hook, arrivals):
+    with scratch() as d, database("sqlite", Path(d)) as db, receiver() as (hook, arrivals):
         tmp = Path(d)
         upgrade(db)
         env = atelier_env(tmp, db, ATELIER_WEBHOOKS__ALLOW_PRIVATE_NETWORKS='["127.0.0.1"]')

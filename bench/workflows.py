@@ -16,7 +16,6 @@ import argparse
 import itertools
 import json
 import statistics
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -33,6 +32,7 @@ from bench.run import (
     database,
     free_port,
     process,
+    scratch,
     tiny_png,
     token,
     uvicorn_cmd,
@@ -115,7 +115,7 @@ def handoffs_ms(db_url: str, ids: list[str]) -> list[float]:
 
 def bench(mode: str, steps: int, rounds: int) -> dict[str, Any]:
     """Interleaved rounds of both sides on one server; medians reported."""
-    with tempfile.TemporaryDirectory() as d, database("sqlite" if mode == "embedded" else "postgres", Path(d)) as db:
+    with scratch() as d, database("sqlite" if mode == "embedded" else "postgres", Path(d)) as db:
         tmp = Path(d)
         from atelier.core.migrate import upgrade
 
