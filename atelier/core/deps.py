@@ -86,7 +86,7 @@ def read_executor(runtime: Runtime) -> ThreadPoolExecutor | None:
     On SQLite a read is in-process CPU work that holds the GIL but for the statement itself. With the shared
     threadpool's 40 threads, concurrent requests become 40 threads taking turns at the GIL, and the event loop,
     which parses requests and writes responses, waits its turn behind them: a task read ran at 0.45x a bare
-    FastAPI read. Four threads of its own: 0.7-0.8x (``bench.run status``). PostgreSQL reads wait on the network,
+    FastAPI read. Four threads of its own: about 0.7x (``bench.run status``). PostgreSQL reads wait on the network,
     so many threads are what they need.
     """
     threads = runtime.settings.server.read_threads
