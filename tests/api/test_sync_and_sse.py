@@ -62,7 +62,10 @@ def test_wait_answers_the_completed_task(api: Api) -> None:
 
 
 def test_short_wait_answers_the_running_task_which_then_completes(api: Api) -> None:
-    response, task = post(api, generation(["slow"], slow_seconds=3), prefer="wait=1")
+    # A first task warms the embedded worker's path (first claim, first provider call), and the wait leaves the
+    # slow task 3 s to be claimed: once, on a loaded CI machine, it was still PENDING after a 1 s wait.
+    assert post(api, ADJUST, prefer="wait=30")[1]["status"] == "COMPLETED"
+    response, task = post(api, generation(["slow"], slow_seconds=6), prefer="wait=3")
     assert task["status"] == "EXECUTING"  # read again after the wait: the snapshot at creation said PENDING
     assert APPLIED not in response.headers
     assert api.wait(task["id"])["status"] == "COMPLETED"
