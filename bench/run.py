@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.run status      # GET task req/s vs bare FastAPI+SQLAlchemy PK read (SQLite, PostgreSQL)
     .venv/bin/python -m bench.run latency     # submit→EXECUTING p50/p99, embedded, Redis and RabbitMQ
     .venv/bin/python -m bench.run throughput  # IMAGE_ADJUSTER 16×16 drain rate vs raw Celery no-op, Redis
+    .venv/bin/python -m bench.run runner      # diagnostic: the same task's own cost in-process, without Celery
     .venv/bin/python -m bench.run all
 
 Needs the machine's PostgreSQL, Redis and `wrk` (see bench/README.md). Results also go to bench/results/.
@@ -380,40 +381,53 @@ def _noop_rate(n: int, concurrency: int) -> float:
     return n / seconds
 
 
-def _atelier_rate(n: int, concurrency: int) -> float:
+@contextmanager
+def _atelier(broker: str | None, prefix: str = "") -> Iterator[tuple[Any, Any, dict[str, str], Any]]:
+    """A fresh PostgreSQL database and data dir, migrated: (runtime, settings, env, publish(k) → queued task ids)."""
     with scratch() as d, database("postgres", Path(d)) as db:
         tmp = Path(d)
-        prefix = f"bench-ours-{uuid.uuid4().hex[:6]}."
-        env = atelier_env(tmp, db, broker=REDIS_URL, prefix=prefix, ATELIER_REAPER__ENABLED="false")
+        env = atelier_env(tmp, db, broker=broker, prefix=prefix, ATELIER_REAPER__ENABLED="false")
         os.environ.update({k: v for k, v in env.items() if k.startswith("ATELIER_")})
         from atelier.core.auth import Principal, Role
         from atelier.core.migrate import upgrade
         from atelier.core.runtime import build_runtime
-        from atelier.engine.celery_app import queue_name
         from atelier.settings import Settings
         from atelier.tasks.schemas import CreateImageAdjusterTask
         from atelier.tasks.service import TaskService
 
         upgrade(db)
         settings = Settings()
-        runtime = build_runtime(settings)
+        runtime = build_runtime(settings, pre_ping=False)
         principal = Principal("bench", "bench", Role.SERVICE)
+        body = CreateImageAdjusterTask(task_type="IMAGE_ADJUSTER", input_image=tiny_png(), aspect_ratio=1)
+
+        def publish(k: int) -> list[str]:
+            ids = []
+            for _ in range(k):
+                with runtime.sessions() as session:
+                    ids.append(str(TaskService(session, runtime, principal).create(body).id))
+                    session.commit()
+            return ids
+
+        try:
+            yield runtime, settings, env, publish
+        finally:
+            runtime.close()
+
+
+def _atelier_rate(n: int, concurrency: int) -> float:
+    prefix = f"bench-ours-{uuid.uuid4().hex[:6]}."
+    with _atelier(REDIS_URL, prefix) as (runtime, settings, env, publish):
+        from sqlalchemy import func, select
+
+        from atelier.engine.celery_app import queue_name
+        from atelier.tasks.models import Task
+
         hostname = f"atelier-{os.getpid()}@bench"
         # One queue, like the no-op baseline: with several, cancel_consumer leaves a 1 s BRPOP outstanding on the
         # others, and the resumed queue only joins when it returns (a timing artefact, not throughput).
         cmd = [PY, "-m", "atelier", "worker", "-Q", "local", "-c", str(concurrency), "-n", hostname]
         cmd += ["--loglevel", "WARNING"]
-        body = CreateImageAdjusterTask(task_type="IMAGE_ADJUSTER", input_image=tiny_png(), aspect_ratio=1)
-
-        def publish(k: int) -> None:
-            for _ in range(k):
-                with runtime.sessions() as session:
-                    TaskService(session, runtime, principal).create(body)
-                    session.commit()
-
-        from sqlalchemy import func, select
-
-        from atelier.tasks.models import Task
 
         def done() -> int:
             with runtime.sessions() as session:
@@ -425,14 +439,50 @@ def _atelier_rate(n: int, concurrency: int) -> float:
                 assert last is not None, "done() saw them completed"
                 return float(last.timestamp())
 
-        with process(cmd, env, tmp / "worker.log"):
+        with process(cmd, env, Path(env["ATELIER_DATA_DIR"]).parent / "worker.log"):
             _wait_ping(runtime.celery, hostname)
             seconds = _drain_seconds(
                 runtime.celery, queue_name(settings, "local"), hostname, publish, done, finished_at, n
             )
-        runtime.close()
-        _flush(prefix)
+    _flush(prefix)
     return n / seconds
+
+
+def bench_runner(n: int) -> dict[str, Any]:
+    """Atelier's own work per cheap task, without Celery: ``TaskRunner.run`` called in this process, one task at a time.
+
+    The claim, the provider and the completion, on PostgreSQL, as a worker's pool process runs them; what a drain
+    adds on top is Celery's hand-off (receive, ack, fetch the next message), which the no-op baseline pays too.
+    A diagnostic (``throughput`` is the figure with a goal): it tells our share of a drain's time from Celery's.
+    """
+    with _atelier(None) as (runtime, _settings, _env, publish):
+        from sqlalchemy import func, select
+
+        from atelier.tasks.execution import TaskRunner
+        from atelier.tasks.models import Task
+
+        ids = publish(n + 50)
+        runner = TaskRunner(runtime)
+        for task_id in ids[:50]:  # warm-up: connections, prepared statements, codecs
+            runner.run(task_id)
+        walls = []
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        for task_id in ids[50:]:
+            started = time.perf_counter()
+            runner.run(task_id)
+            walls.append(time.perf_counter() - started)
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        with runtime.sessions() as session:
+            completed = session.execute(select(func.count()).where(Task.status == "COMPLETED")).scalar_one()
+        if completed != n + 50:
+            raise RuntimeError(f"only {completed}/{n + 50} tasks completed")
+    return {
+        "tasks": n,
+        "wall_ms_per_task_p50": statistics.median(walls) * 1000,
+        "wall_ms_per_task_mean": wall / n * 1000,
+        "cpu_ms_per_task": cpu / n * 1000,
+        "tasks_per_s_one_process": n / wall,
+    }
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -440,7 +490,7 @@ def _atelier_rate(n: int, concurrency: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", choices=["status", "latency", "throughput", "all"])
+    parser.add_argument("which", choices=["status", "latency", "throughput", "runner", "all"])
     parser.add_argument("--seconds", type=int, default=8, help="wrk duration per round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per side (median taken)")
     parser.add_argument("--samples", type=int, default=200, help="latency samples")
@@ -454,6 +504,8 @@ def main() -> None:
         results["latency"] = [bench_latency(mode, args.samples) for mode in ("embedded", "redis", "rabbitmq")]
     if args.which in ("throughput", "all"):
         results["throughput"] = bench_throughput(args.tasks, args.concurrency, args.rounds)
+    if args.which == "runner":  # a diagnostic, not part of "all"
+        results["runner"] = bench_runner(args.tasks)
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.which}.json").write_text(json.dumps(results, indent=2))
