@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import mimetypes
 import socket
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import worker_before_create_process, worker_process_init, worker_process_shutdown
 from PIL import Image
 
 import atelier.monitoring.workers  # noqa: F401 - registers the atelier_memory inspect command
@@ -30,6 +31,7 @@ def worker_app(settings: Settings) -> tuple[Runtime, Celery]:
     runtime.celery.conf.worker_pool = "atelier.engine.pool:TaskPool"
 
     preload(runtime)
+    worker_before_create_process.connect(freeze_before_fork, weak=False)
     worker_process_init.connect(lambda **_: start_pool_process(runtime), weak=False)
     # Multiprocess metrics (PROMETHEUS_MULTIPROC_DIR): a recycled child's live gauges must not outlive it.
     worker_process_shutdown.connect(mark_process_dead, weak=False)
@@ -49,6 +51,21 @@ def preload(runtime: Runtime) -> None:
     mimetypes.init()
     for statement in WORKER_STATEMENTS:
         statement.prepare(runtime.engine.dialect)
+
+
+def freeze_before_fork(**_: object) -> None:
+    """Before the first pool process is forked: move every object the main process has to the permanent generation.
+
+    Celery runs a full garbage collection before it forks each pool process, replacements of recycled ones
+    included, and the main process serves no pool process meanwhile (no message fetched, no ack): 85 ms over
+    the ~180 000 objects of a booted worker, at every recycle. Frozen objects are not scanned (0.01 ms), and the
+    children, which inherit the frozen generation, do not scan them either: their collections neither take as
+    long nor write to the pages they share with the parent. Once per process: what becomes garbage after the
+    freeze must stay collectable, so objects created later are not frozen.
+    """
+    if gc.get_freeze_count() == 0:
+        gc.collect()
+        gc.freeze()
 
 
 def start_pool_process(runtime: Runtime) -> None:

@@ -76,3 +76,45 @@ def test_the_worker_builds_what_every_run_needs_before_its_pool_forks(tmp_path: 
     states = json.loads(done.stdout.strip().splitlines()[-1])
     assert states["before"] == {"webp_codec": False, "mime_table": False, "statements_compiled": [False, False]}
     assert states["after"] == {"webp_codec": True, "mime_table": True, "statements_compiled": [True, True]}
+
+
+def test_the_main_process_freezes_its_objects_once_before_forking_the_pool(tmp_path: Path) -> None:
+    # A fresh interpreter: freezing is for the worker's main process, not this test process.
+    script = textwrap.dedent(
+        """
+        import gc, json, weakref
+        from celery.signals import worker_before_create_process
+        from atelier.engine.worker import worker_app
+        from atelier.settings import Settings
+
+        runtime, app = worker_app(Settings())
+        before = gc.get_freeze_count()
+        worker_before_create_process.send(sender=None)  # what Celery's prefork pool sends before each fork
+        first = gc.get_freeze_count()
+        worker_before_create_process.send(sender=None)  # a recycled child's replacement
+        again = gc.get_freeze_count()
+
+        class Node:
+            pass
+
+        cycle = Node()
+        cycle.self = cycle  # garbage made after the freeze is still collected
+        ref = weakref.ref(cycle)
+        del cycle
+        gc.collect()
+        print(json.dumps({"before": before, "first": first, "again": again, "cycle_collected": ref() is None}))
+        runtime.close()
+        """
+    )
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ATELIER_")},
+        "ATELIER_ENVIRONMENT": "test",
+        "ATELIER_DATA_DIR": str(tmp_path / "data"),
+    }
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    counts = json.loads(done.stdout.strip().splitlines()[-1])
+    assert counts["before"] == 0
+    assert counts["first"] > 10_000  # the booted worker's modules, settings, runtime…
+    assert counts["again"] == counts["first"]
+    assert counts["cycle_collected"] is True
