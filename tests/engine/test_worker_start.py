@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,6 +43,19 @@ def test_an_unreachable_database_does_not_stop_a_new_pool_process(
     assert "database unreachable while starting a worker process" in caplog.text
 
 
+def _run_fresh(script: str, tmp_path: Path, **settings: str) -> Any:
+    """Run ``script`` in a new interpreter with test settings (plus ``settings``); the JSON of its last line."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("ATELIER_")},
+        "ATELIER_ENVIRONMENT": "test",
+        "ATELIER_DATA_DIR": str(tmp_path / "data"),
+        **settings,
+    }
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def test_the_worker_builds_what_every_run_needs_before_its_pool_forks(tmp_path: Path) -> None:
     # A fresh interpreter: this one has long since loaded codecs and compiled statements in other tests.
     script = textwrap.dedent(
@@ -64,16 +78,9 @@ def test_the_worker_builds_what_every_run_needs_before_its_pool_forks(tmp_path: 
         runtime.close()
         """
     )
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("ATELIER_")},
-        "ATELIER_ENVIRONMENT": "test",
-        "ATELIER_DATA_DIR": str(tmp_path / "data"),
-        # PostgreSQL's statements are the ones compiled ahead; building the engine does not connect.
-        "ATELIER_DATABASE__URL": f"postgresql+psycopg://atelier@127.0.0.1:{free_port()}/atelier",
-    }
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    states = json.loads(done.stdout.strip().splitlines()[-1])
+    # PostgreSQL's statements are the ones compiled ahead; building the engine does not connect.
+    url = f"postgresql+psycopg://atelier@127.0.0.1:{free_port()}/atelier"
+    states = _run_fresh(script, tmp_path, ATELIER_DATABASE__URL=url)
     assert states["before"] == {"webp_codec": False, "mime_table": False, "statements_compiled": [False, False]}
     assert states["after"] == {"webp_codec": True, "mime_table": True, "statements_compiled": [True, True]}
 
@@ -106,14 +113,7 @@ def test_the_main_process_freezes_its_objects_once_before_forking_the_pool(tmp_p
         runtime.close()
         """
     )
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("ATELIER_")},
-        "ATELIER_ENVIRONMENT": "test",
-        "ATELIER_DATA_DIR": str(tmp_path / "data"),
-    }
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    counts = json.loads(done.stdout.strip().splitlines()[-1])
+    counts = _run_fresh(script, tmp_path)
     assert counts["before"] == 0
     assert counts["first"] > 10_000  # the booted worker's modules, settings, runtime…
     assert counts["again"] == counts["first"]
