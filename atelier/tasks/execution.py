@@ -180,30 +180,29 @@ class TaskRunner:
 
     def _claim(self, tid: uuid.UUID, owner: str, message_id: str | None) -> Plan | None:
         tasks = self.rt.settings.tasks
-        with statement_connection(self.rt.engine) as conn:
-            task = claim(conn, tid, owner, tasks.lease_seconds, tasks.max_resumes, message_id)
-            if task is None:
-                return None
-            use_fallback = task.fallback_active
-            return Plan(
-                task_id=task.id,
-                tenant=task.tenant_id,
-                task_type=TaskType(task.task_type),
-                provider_type=_provider(task.fallback_provider_type if use_fallback else task.provider_type),
-                provider_config=task.fallback_provider_config if use_fallback else task.provider_config,
-                capabilities=list(task.active_provider_capabilities or []),
-                inputs=dict(task.task_data or {}),
-                task_config=dict(task.config or {}),
-                attempt=task.attempt,
-                claimed_version=task.updated_at,
-                service_requests=list(task.service_requests or []),
-                service_task_id=task.service_task_id,
-                fallback_active=use_fallback,
-                workflow_id=task.workflow_id,
-                run_timeout=task.run_timeout_seconds,
-                webhook=task.webhook_url is not None,
-                created_at=task.created_at,
-            )
+        task = claim(self.rt.engine, tid, owner, tasks.lease_seconds, tasks.max_resumes, message_id)
+        if task is None:
+            return None
+        use_fallback = task.fallback_active
+        return Plan(
+            task_id=task.id,
+            tenant=task.tenant_id,
+            task_type=TaskType(task.task_type),
+            provider_type=_provider(task.fallback_provider_type if use_fallback else task.provider_type),
+            provider_config=task.fallback_provider_config if use_fallback else task.provider_config,
+            capabilities=list(task.active_provider_capabilities or []),
+            inputs=dict(task.task_data or {}),
+            task_config=dict(task.config or {}),
+            attempt=task.attempt,
+            claimed_version=task.updated_at,
+            service_requests=list(task.service_requests or []),
+            service_task_id=task.service_task_id,
+            fallback_active=use_fallback,
+            workflow_id=task.workflow_id,
+            run_timeout=task.run_timeout_seconds,
+            webhook=task.webhook_url is not None,
+            created_at=task.created_at,
+        )
 
     # ------------------------------------------------------------------------------------ provider call
 
@@ -329,17 +328,16 @@ class TaskRunner:
     def _complete_fast(self, plan: Plan, owner: str, outcome: Outcome) -> bool:
         """The common case in one conditional UPDATE; False when the row changed since the claim."""
         assert outcome.result is not None
-        with statement_connection(self.rt.engine) as conn:
-            return complete_unchanged(
-                conn,
-                plan.task_id,
-                owner,
-                plan.claimed_version,
-                task_data={**plan.inputs, **outcome.result.outputs},
-                service_requests=[*plan.service_requests, *outcome.requests],
-                service_task_id=outcome.result.service_task_id or plan.service_task_id,
-                retention_seconds=self.rt.settings.tasks.retention_seconds,
-            )
+        return complete_unchanged(
+            self.rt.engine,
+            plan.task_id,
+            owner,
+            plan.claimed_version,
+            task_data={**plan.inputs, **outcome.result.outputs},
+            service_requests=[*plan.service_requests, *outcome.requests],
+            service_task_id=outcome.result.service_task_id or plan.service_task_id,
+            retention_seconds=self.rt.settings.tasks.retention_seconds,
+        )
 
     def _apply(self, session: Session, task: Task, outcome: Outcome) -> None:
         if outcome.kind == "completed" and outcome.result is not None:

@@ -12,10 +12,24 @@ from datetime import datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Connection, String, and_, bindparam, case, event, func, insert, literal, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    String,
+    and_,
+    bindparam,
+    case,
+    event,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
-from atelier.core.db import DriverStatement, JSONType
+from atelier.core.db import DriverStatement, JSONType, statement_connection
 from atelier.core.errors import ConflictError
 from atelier.core.periodic import Signal
 from atelier.core.time import utcnow
@@ -285,13 +299,13 @@ _CLAIM = _claim_statement()
 _CLAIM_PG = DriverStatement(_with_event(_CLAIM, S.EXECUTING, "claimed"), json_params=("p_event_data",))
 
 
-def single_statement_events(conn: Connection) -> bool:
+def single_statement_events(bind: Connection | Engine) -> bool:
     """Whether a change and its event go in one statement here (PostgreSQL's data-modifying CTEs)."""
-    return conn.dialect.name == "postgresql"
+    return bind.dialect.name == "postgresql"
 
 
 def claim(
-    conn: Connection,
+    engine: Engine,
     task_id: uuid.UUID,
     worker: str,
     lease_seconds: float,
@@ -315,16 +329,17 @@ def claim(
         "p_message_id": message_id,
     }
     message, data = f"claimed by {worker}", {"to": S.EXECUTING.value}
-    if single_statement_events(conn):
-        claimed = _CLAIM_PG.first(conn, {**params, "p_message": message, "p_event_data": data})
+    if single_statement_events(engine):
+        claimed = _CLAIM_PG.first(engine, {**params, "p_message": message, "p_event_data": data})
         return None if claimed is None else SimpleNamespace(**claimed)
-    row = conn.execute(_CLAIM, params).mappings().first()
-    if row is None:
-        return None
-    notify = row["webhook_url"] is not None
-    _insert_event(
-        conn, task_id, row["tenant_id"], EventType.TASK_STATUS, S.EXECUTING.value, message, data, notify=notify
-    )
+    with statement_connection(engine) as conn:
+        row = conn.execute(_CLAIM, params).mappings().first()
+        if row is None:
+            return None
+        notify = row["webhook_url"] is not None
+        _insert_event(
+            conn, task_id, row["tenant_id"], EventType.TASK_STATUS, S.EXECUTING.value, message, data, notify=notify
+        )
     return SimpleNamespace(**row)
 
 
@@ -362,7 +377,7 @@ WORKER_STATEMENTS = (_CLAIM_PG, _COMPLETE_PG)  # run for every task: compiled be
 
 
 def complete_unchanged(
-    conn: Connection,
+    engine: Engine,
     task_id: uuid.UUID,
     owner: str,
     version: datetime,
@@ -389,14 +404,15 @@ def complete_unchanged(
         "p_expires_at": now + timedelta(seconds=retention_seconds) if retention_seconds else None,
     }
     transition_data = {"from": S.EXECUTING.value, "to": S.COMPLETED.value}
-    if single_statement_events(conn):
+    if single_statement_events(engine):
         extra = {"p_message": "completed", "p_event_data": transition_data}
-        return _COMPLETE_PG.first(conn, {**params, **extra}) is not None
-    row = conn.execute(_COMPLETE, params).first()
-    if row is None:
-        return False
-    tenant, notify = row.tenant_id, row.webhook_url is not None
-    _insert_event(
-        conn, task_id, tenant, EventType.TASK_STATUS, S.COMPLETED.value, "completed", transition_data, notify=notify
-    )
+        return _COMPLETE_PG.first(engine, {**params, **extra}) is not None
+    with statement_connection(engine) as conn:
+        row = conn.execute(_COMPLETE, params).first()
+        if row is None:
+            return False
+        tenant, notify = row.tenant_id, row.webhook_url is not None
+        _insert_event(
+            conn, task_id, tenant, EventType.TASK_STATUS, S.COMPLETED.value, "completed", transition_data, notify=notify
+        )
     return True

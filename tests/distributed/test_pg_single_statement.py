@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import threading
 import uuid
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+import psycopg
 import pytest
-from sqlalchemy import event, select
-from sqlalchemy.exc import StatementError
+from sqlalchemy import Engine, event, select
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError, StatementError
 
 from atelier.core.db import (
     DriverStatement,
     JSONType,
     UTCDateTime,
     read_connection,
+    retry_on_disconnect,
     session_scope,
-    statement_connection,
 )
 from atelier.tasks.models import Task, TaskEvent
 from atelier.tasks.transitions import claim, complete_unchanged
@@ -27,7 +29,9 @@ from tests.conftest import AppFactory, b64_png
 pytestmark = pytest.mark.integration
 
 
-def test_claim_and_complete_are_one_statement_each_with_their_events(app_factory: AppFactory, pg_url: str) -> None:
+def test_claim_and_complete_are_one_statement_each_with_their_events(
+    app_factory: AppFactory, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     api = app_factory(worker=False, database={"url": pg_url})
     task_id = uuid.UUID(
         api.create({"task_type": "IMAGE_ADJUSTER", "input_image": b64_png(), "mode": "pad", "aspect_ratio": 1.0})["id"]
@@ -35,37 +39,39 @@ def test_claim_and_complete_are_one_statement_each_with_their_events(app_factory
     engine = runtime_of(api).engine
     statements: list[str] = []
     me = threading.get_ident()
+    execute = psycopg.Cursor.execute
 
-    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if threading.get_ident() == me:  # not the reaper's or the webhook loop's statements on the same engine
-            statements.append(statement)
+    def counted(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        # not the reaper's or the webhook loop's statements on the same engine, nor the API pool's pre-ping (";")
+        if threading.get_ident() == me and str(query) != ";":
+            statements.append(str(query))
+        return execute(cursor, query, *args, **kwargs)
 
-    event.listen(engine, "before_cursor_execute", count)
-    try:
-        with statement_connection(engine) as conn:
-            claimed = claim(conn, task_id, "w1", 60, 3)
-        assert claimed is not None and claimed.status == "EXECUTING"
-        # Compiled once and run as driver SQL: the row still decodes like the ORM's (UUID, aware time, JSON).
-        assert isinstance(claimed.id, uuid.UUID) and claimed.id == task_id
-        assert claimed.updated_at.tzinfo is UTC and claimed.created_at.tzinfo is UTC
-        assert claimed.task_data["mode"] == "pad" and claimed.attempt == 1
-        assert len(statements) == 1 and statements[0].lstrip().startswith("WITH claimed")
-        with statement_connection(engine) as conn:
-            assert claim(conn, task_id, "w2", 60, 3) is None  # a duplicate delivery changes nothing
-        with statement_connection(engine) as conn:
-            done = complete_unchanged(
-                conn,
-                task_id,
-                "w1",
-                claimed.updated_at,
-                task_data={"x": 1, "nested": {"y": [1, 2]}},
-                service_requests=[{"url": "local"}],
-                service_task_id=None,
-            )
-        assert done
-        assert len(statements) == 3
-    finally:
-        event.remove(engine, "before_cursor_execute", count)
+    # At the driver: the two statements bypass SQLAlchemy's execution events.
+    monkeypatch.setattr(psycopg.Cursor, "execute", counted)
+    claimed = claim(engine, task_id, "w1", 60, 3)
+    assert claimed is not None and claimed.status == "EXECUTING"
+    # Compiled once and run as driver SQL: the row still decodes like the ORM's (UUID, aware time, JSON).
+    assert isinstance(claimed.id, uuid.UUID) and claimed.id == task_id
+    assert claimed.updated_at.tzinfo is UTC and claimed.created_at.tzinfo is UTC
+    assert claimed.task_data["mode"] == "pad" and claimed.attempt == 1
+    assert len(statements) == 1 and statements[0].lstrip().startswith("WITH claimed")
+    assert claim(engine, task_id, "w2", 60, 3) is None  # a duplicate delivery changes nothing
+    done = complete_unchanged(
+        engine,
+        task_id,
+        "w1",
+        claimed.updated_at,
+        task_data={"x": 1, "nested": {"y": [1, 2]}},
+        service_requests=[{"url": "local"}],
+        service_task_id=None,
+    )
+    assert done
+    assert len(statements) == 3
+    monkeypatch.undo()
+    with engine.connect() as conn:  # autocommit was switched off again before the connection went back to the pool
+        assert conn.connection.driver_connection is not None
+        assert conn.connection.driver_connection.autocommit is False
 
     with session_scope(runtime_of(api).sessions) as session:
         events = session.scalars(select(TaskEvent).where(TaskEvent.task_id == task_id).order_by(TaskEvent.id)).all()
@@ -95,15 +101,57 @@ def test_a_driver_statement_gives_the_rows_sqlalchemy_would(pg_url: str, dialect
     )
     at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=2)))
     try:
-        with statement_connection(engine) as conn:
-            row = stmt.first(conn, {"p_doc": {"a": [1, "b"]}, "p_n": 3, "p_at": at})
-            assert row == {"seven": 7, "doc": {"a": [1, "b"]}, "n": 3, "at": at}
-            assert row["at"].tzinfo is UTC
-            # compiled SQL would silently send NULL for a forgotten parameter, and a naive time as local time
-            with pytest.raises((TypeError, StatementError), match="p_n"):
-                stmt.first(conn, {"p_doc": None, "p_at": at})
-            with pytest.raises((ValueError, StatementError), match="naive datetime refused"):
-                stmt.first(conn, {"p_doc": None, "p_n": 1, "p_at": at.replace(tzinfo=None)})
+        row = stmt.first(engine, {"p_doc": {"a": [1, "b"]}, "p_n": 3, "p_at": at})
+        assert row == {"seven": 7, "doc": {"a": [1, "b"]}, "n": 3, "at": at}
+        assert row["at"].tzinfo is UTC
+        # compiled SQL would silently send NULL for a forgotten parameter, and a naive time as local time
+        with pytest.raises((TypeError, StatementError), match="p_n"):
+            stmt.first(engine, {"p_doc": None, "p_at": at})
+        with pytest.raises((ValueError, StatementError), match="naive datetime refused"):
+            stmt.first(engine, {"p_doc": None, "p_n": 1, "p_at": at.replace(tzinfo=None)})
+    finally:
+        engine.dispose()
+
+
+def _backend_pids(engine: Engine, n: int) -> list[int]:
+    """The server processes behind ``n`` pooled connections (checked out together, so all ``n`` exist)."""
+    with ExitStack() as stack:
+        conns = [stack.enter_context(engine.connect()) for _ in range(n)]
+        return [int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()) for conn in conns]
+
+
+def test_a_driver_statement_raises_sqlalchemy_errors_and_drops_lost_connections(pg_url: str) -> None:
+    from sqlalchemy import bindparam, create_engine, literal, select
+
+    engine = create_engine(pg_url, pool_size=2, max_overflow=0)
+    ratio = DriverStatement(select((literal(1) / bindparam("p_n")).label("ratio")))
+    try:
+        # a statement error: SQLAlchemy's exception (what callers catch), the connections still good and reused
+        pids = _backend_pids(engine, 2)
+        with pytest.raises(DataError) as failed:
+            ratio.first(engine, {"p_n": 0})
+        assert isinstance(failed.value.orig, psycopg.errors.DivisionByZero) and not failed.value.connection_invalidated
+        assert ratio.first(engine, {"p_n": 1}) == {"ratio": 1}
+        assert sorted(_backend_pids(engine, 2)) == sorted(pids)
+
+        # both pooled connections lost (a database restart): the first failure is flagged invalidated and takes
+        # the pool's other connection with it, so retry_on_disconnect's second run connects afresh
+        with psycopg.connect(pg_url.replace("+psycopg", ""), autocommit=True) as admin:
+            for pid in pids:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        failures: list[DBAPIError] = []
+
+        def run() -> dict[str, Any] | None:
+            try:
+                return ratio.first(engine, {"p_n": 2})
+            except DBAPIError as exc:
+                failures.append(exc)
+                raise
+
+        assert retry_on_disconnect(run) == {"ratio": 0.5}
+        assert len(failures) == 1
+        assert isinstance(failures[0], OperationalError) and failures[0].connection_invalidated
+        assert not set(_backend_pids(engine, 2)) & set(pids)
     finally:
         engine.dispose()
 
