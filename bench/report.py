@@ -45,6 +45,7 @@ from bench.run import (
     bench_throughput,
     database,
     free_port,
+    noop_env,
     process,
     scratch,
     uvicorn_cmd,
@@ -205,14 +206,19 @@ def bench_rss() -> dict[str, Any]:
             _wait_worker(runtime.celery, ours_name)
             worker_kib = _settled_rss(ours)
         runtime.close()
-        noop_env = {**env, "BENCH_BROKER_URL": REDIS_URL, "BENCH_PREFIX": prefix, "BENCH_COUNTER_URL": REDIS_URL}
-        noop_cmd = [PY, "-m", "celery", "-A", "bench.noop_app", "worker", "-c", "2", "-n", base_name]
-        noop_cmd += ["--loglevel", "WARNING", "-Q", prefix + "noop"]
-        with process(noop_cmd, noop_env, tmp / "noop.log") as base:
+        from atelier.engine.worker import worker_argv
+        from atelier.providers.registry import ALL_QUEUES
+
+        baseline_env, settings = noop_env(prefix)
+        noop_cmd = [PY, "-m", "celery", "-A", "bench.noop_app"]
+        noop_cmd += worker_argv(
+            settings, list(ALL_QUEUES), 2, "prefork", "WARNING", base_name
+        )  # as `atelier worker -c 2`
+        with process(noop_cmd, baseline_env, tmp / "noop.log") as base:
             from celery import Celery
 
             probe = Celery("probe", broker=REDIS_URL)
-            probe.conf.broker_transport_options = {"global_keyprefix": prefix}
+            probe.conf.update(json.loads(baseline_env["BENCH_CELERY_CONF"]))  # the same key names and separators
             _wait_worker(probe, base_name)
             noop_kib = _settled_rss(base)
         _flush(prefix)

@@ -12,11 +12,13 @@ Needs the machine's PostgreSQL, Redis and `wrk` (see bench/README.md). Results a
 from __future__ import annotations
 
 import argparse
+import atexit
 import base64
 import io
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -44,14 +46,39 @@ PY = sys.executable
 SCRATCH = ROOT / "bench" / ".work"
 
 
-def scratch() -> tempfile.TemporaryDirectory[str]:
-    """A temporary folder for a run's data dir, SQLite file and logs, on the disk the checkout is on.
+_run_dir: Path | None = None
 
-    Not /tmp: a deployment keeps its data dir on its own disk, and file creation in /tmp measured 2.5x slower
-    than on the checkout's disk on the benchmark machine (0.59 vs 0.24 ms), which every stored output pays.
+
+@contextmanager
+def scratch() -> Iterator[str]:
+    """A new folder for one round's data dir, SQLite file and logs; all of a run's folders go when the process exits.
+
+    They are under ``bench/.work``, on the disk of the checkout (a deployment keeps its data dir on its own disk).
+    Not deleted after each round: on ext4 without a journal (this benchmark machine's disk), an inode freed less
+    than 60 s ago (300 s while its inode-table block is unwritten) is skipped when a new file is created, one at a
+    time, so after a round deleted its thousands of files every file the next round created scanned past them:
+    0.5–1 ms of kernel CPU per created file (``perf``: ``recently_deleted`` under ``find_inode_bit``) instead of
+    15–25 µs, paid by every stored output and by nothing on the no-op side.
     """
-    SCRATCH.mkdir(exist_ok=True)
-    return tempfile.TemporaryDirectory(dir=SCRATCH)
+    global _run_dir
+    if _run_dir is None:
+        SCRATCH.mkdir(exist_ok=True)
+        _run_dir = Path(tempfile.mkdtemp(dir=SCRATCH, prefix="run-"))
+        atexit.register(shutil.rmtree, _run_dir, ignore_errors=True)
+    yield tempfile.mkdtemp(dir=_run_dir)
+
+
+def file_creation_us(files: int = 200) -> float:
+    """Mean wall time to create an empty file in a new scratch folder, in µs: what each stored output pays.
+
+    Reported beside the throughput figures: on a disk where it reads hundreds of µs rather than tens, files were
+    deleted nearby in the last minutes (see ``scratch``) and the stored outputs are slower for it.
+    """
+    with scratch() as d:
+        started = time.perf_counter()
+        for k in range(files):
+            os.close(os.open(os.path.join(d, str(k)), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        return (time.perf_counter() - started) / files * 1e6
 
 
 def free_port() -> int:
@@ -316,6 +343,7 @@ def _wait_ping(app: Any, hostname: str) -> None:
 
 def bench_throughput(n: int, concurrency: int, rounds: int) -> dict[str, Any]:
     noop, ours = [], []
+    create_before = file_creation_us()
     for _ in range(rounds):  # interleaved, medians: the machine's load drifts between runs
         noop.append(_noop_rate(n, concurrency))
         ours.append(_atelier_rate(n, concurrency))
@@ -328,6 +356,7 @@ def bench_throughput(n: int, concurrency: int, rounds: int) -> dict[str, Any]:
         "noop_tasks_per_s": noop_rate,
         "ratio": ours_rate / noop_rate,
         "ratios_per_round": [o / b for o, b in zip(ours, noop, strict=True)],
+        "file_creation_us": {"before": create_before, "after": file_creation_us()},
         "goal": ">= 0.4",
     }
 
@@ -335,44 +364,42 @@ def bench_throughput(n: int, concurrency: int, rounds: int) -> dict[str, Any]:
 NOOP_PREFIX = f"bench-noop-{uuid.uuid4().hex[:6]}."  # one per run: bench.noop_app reads it once, at import
 
 
+def noop_env(prefix: str, broker: str = REDIS_URL) -> tuple[dict[str, str], Any]:
+    """The environment of ``bench.noop_app`` (Atelier's Celery settings for ``broker`` and ``prefix``); its Settings."""
+    from atelier.engine.celery_app import celery_config
+    from atelier.settings import BrokerSettings, Settings
+
+    settings = Settings(broker=BrokerSettings(url=broker, queue_prefix=prefix))
+    config = {k: v for k, v in celery_config(settings).items() if k != "task_queues"}  # kombu objects
+    config["worker_pool"] = "atelier.engine.pool:TaskPool"  # what `atelier worker` runs (atelier.engine.worker)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATELIER_")}
+    env.update(BENCH_CELERY_CONF=json.dumps(config), BENCH_PREFIX=prefix, BENCH_COUNTER_URL=REDIS_URL)
+    env["PYTHONPATH"] = str(ROOT)
+    return env, settings
+
+
 def _noop_rate(n: int, concurrency: int) -> float:
+    from atelier.engine.celery_app import queue_name
+    from atelier.engine.worker import worker_argv
+
     prefix = NOOP_PREFIX
-    env = {
-        **os.environ,
-        "BENCH_BROKER_URL": REDIS_URL,
-        "BENCH_PREFIX": prefix,
-        "BENCH_COUNTER_URL": REDIS_URL,
-        "PYTHONPATH": str(ROOT),
-    }
-    os.environ.update({k: env[k] for k in ("BENCH_BROKER_URL", "BENCH_PREFIX", "BENCH_COUNTER_URL")})
+    env, settings = noop_env(prefix)
+    os.environ.update({k: env[k] for k in ("BENCH_CELERY_CONF", "BENCH_PREFIX", "BENCH_COUNTER_URL")})
     from bench.noop_app import app, noop
 
+    queue = queue_name(settings, "local")
     hostname = f"noop-{os.getpid()}@bench"
-    cmd = [
-        PY,
-        "-m",
-        "celery",
-        "-A",
-        "bench.noop_app",
-        "worker",
-        "-c",
-        str(concurrency),
-        "-n",
-        hostname,
-        "--loglevel",
-        "WARNING",
-        "-Q",
-        prefix + "noop",
-    ]
+    cmd = [PY, "-m", "celery", "-A", "bench.noop_app"]
+    cmd += worker_argv(settings, ["local"], concurrency, "prefork", "WARNING", hostname)  # as `atelier worker`
     counter = redis.Redis.from_url(REDIS_URL)
     counter.delete(prefix + "done")
     with scratch() as d, process(cmd, env, Path(d) / "noop.log"):
         _wait_ping(app, hostname)
         seconds = _drain_seconds(
             app,
-            prefix + "noop",
+            queue,
             hostname,
-            lambda k: [noop.apply_async(queue=prefix + "noop") for _ in range(k)],
+            lambda k: [noop.apply_async(queue=queue, routing_key=queue) for _ in range(k)],
             lambda: int(counter.get(prefix + "done") or 0),
             lambda: float(counter.get(prefix + "last") or 0),
             n,
@@ -485,12 +512,56 @@ def bench_runner(n: int) -> dict[str, Any]:
     }
 
 
+def bench_statement(n: int, rounds: int) -> dict[str, Any]:
+    """CPU per execution of the claim's shape (22 columns of a task by primary key), PostgreSQL.
+
+    ``db.DriverStatement`` (compiled once, run on the pooled psycopg connection) against the same statement
+    through SQLAlchemy Core on a ``statement_connection``, as other drivers run it. Interleaved rounds, medians.
+    """
+    with _atelier(None) as (runtime, _settings, _env, publish):
+        from sqlalchemy import bindparam, select
+
+        from atelier.core.db import DriverStatement, statement_connection
+        from atelier.tasks.models import Task
+        from atelier.tasks.transitions import CLAIM_COLUMNS
+
+        ids = [uuid.UUID(i) for i in publish(20)]
+        stmt = select(*CLAIM_COLUMNS).where(Task.id == bindparam("p_task_id"))
+        driver = DriverStatement(stmt)
+        engine = runtime.engine
+
+        def core(k: int) -> Any:
+            with statement_connection(engine) as conn:
+                return conn.execute(stmt, {"p_task_id": ids[k % 20]}).mappings().first()
+
+        def direct(k: int) -> Any:
+            return driver.first(engine, {"p_task_id": ids[k % 20]})
+
+        results: dict[str, list[float]] = {"driver_statement": [], "sqlalchemy_core": []}
+        for _ in range(rounds):
+            for name, run in (("driver_statement", direct), ("sqlalchemy_core", core)):
+                for k in range(100):  # warm-up: prepared statements, caches
+                    run(k)
+                started = time.process_time()
+                for k in range(n):
+                    run(k)
+                results[name].append((time.process_time() - started) / n * 1e6)
+    ours, base = statistics.median(results["driver_statement"]), statistics.median(results["sqlalchemy_core"])
+    return {
+        "executions": n,
+        "rounds": rounds,
+        "driver_statement_cpu_us": ours,
+        "sqlalchemy_core_cpu_us": base,
+        "ratio": ours / base,
+    }
+
+
 # ------------------------------------------------------------------------------------------------ main
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("which", choices=["status", "latency", "throughput", "runner", "all"])
+    parser.add_argument("which", choices=["status", "latency", "throughput", "runner", "statement", "all"])
     parser.add_argument("--seconds", type=int, default=8, help="wrk duration per round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per side (median taken)")
     parser.add_argument("--samples", type=int, default=200, help="latency samples")
@@ -506,6 +577,8 @@ def main() -> None:
         results["throughput"] = bench_throughput(args.tasks, args.concurrency, args.rounds)
     if args.which == "runner":  # a diagnostic, not part of "all"
         results["runner"] = bench_runner(args.tasks)
+    if args.which == "statement":  # a diagnostic, not part of "all"
+        results["statement"] = bench_statement(args.tasks, args.rounds)
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / f"{time.strftime('%Y%m%d-%H%M%S')}-{args.which}.json").write_text(json.dumps(results, indent=2))

@@ -65,6 +65,47 @@ def _queues(settings: Settings, kind: str) -> list[Queue]:
     ]
 
 
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Every Celery setting of Atelier's app (the broker's queues included), for ``app.conf.update``."""
+    broker = settings.broker.url or f"{transport.SCHEME}://localhost/{uuid.uuid4().hex}"
+    kind = broker_kind(broker)
+    memory_mb = settings.broker.worker_max_memory_per_child_mb
+    return {
+        "broker_url": broker,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,  # workers reconnect for as long as it takes
+        "broker_transport_options": _transport_options(settings, kind),
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_acks_late": True,  # ack after the run: a crash mid-run leaves the message to redeliver
+        "task_reject_on_worker_lost": True,  # a killed child requeues its message instead of acking it
+        "worker_prefetch_multiplier": 1,  # never hoard messages other workers could run
+        "task_default_queue": queue_name(settings, DEFAULT_QUEUE),
+        "task_queues": _queues(settings, kind),
+        "task_create_missing_queues": True,
+        "task_queue_max_priority": PRIORITY_LEVELS - 1 if kind == "amqp" else None,
+        "task_default_priority": None,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0.1,
+            "interval_step": 0.5,
+            "interval_max": max(settings.broker.publish_timeout_seconds / 2, 0.2),
+        },
+        "worker_hijack_root_logger": False,
+        "worker_enable_remote_control": kind != "memory",
+        # Task events cost three extra broker messages per task; Flower turns them on when it runs
+        # (`celery -A atelier.celery_app control enable_events`), so they are off by default.
+        "worker_send_task_events": False,
+        "worker_max_tasks_per_child": settings.broker.worker_max_tasks_per_child,
+        "worker_max_memory_per_child": memory_mb * 1024 if memory_mb else None,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "enable_utc": True,
+    }
+
+
 def create_celery(
     settings: Settings,
     run_task: Callable[[str, str | None], None],
@@ -74,43 +115,7 @@ def create_celery(
     transport.register()
     # amqp: broker connections that retry every second (atelier/engine/connection.py)
     app = Celery("atelier", set_as_current=False, amqp="atelier.engine.connection:AMQP")
-    broker = settings.broker.url or f"{transport.SCHEME}://localhost/{uuid.uuid4().hex}"
-    kind = broker_kind(broker)
-    memory_mb = settings.broker.worker_max_memory_per_child_mb
-    app.conf.update(
-        broker_url=broker,
-        broker_connection_retry_on_startup=True,
-        broker_connection_max_retries=None,  # workers reconnect for as long as it takes
-        broker_transport_options=_transport_options(settings, kind),
-        result_backend=None,
-        task_ignore_result=True,
-        task_acks_late=True,  # ack after the run: a crash mid-run leaves the message to redeliver
-        task_reject_on_worker_lost=True,  # a killed child requeues its message instead of acking it
-        worker_prefetch_multiplier=1,  # never hoard messages other workers could run
-        task_default_queue=queue_name(settings, DEFAULT_QUEUE),
-        task_queues=_queues(settings, kind),
-        task_create_missing_queues=True,
-        task_queue_max_priority=PRIORITY_LEVELS - 1 if kind == "amqp" else None,
-        task_default_priority=None,
-        task_serializer="json",
-        accept_content=["json"],
-        task_publish_retry=True,
-        task_publish_retry_policy={
-            "max_retries": 2,
-            "interval_start": 0.1,
-            "interval_step": 0.5,
-            "interval_max": max(settings.broker.publish_timeout_seconds / 2, 0.2),
-        },
-        worker_hijack_root_logger=False,
-        worker_enable_remote_control=kind != "memory",
-        # Task events cost three extra broker messages per task; Flower turns them on when it runs
-        # (`celery -A atelier.celery_app control enable_events`), so they are off by default.
-        worker_send_task_events=False,
-        worker_max_tasks_per_child=settings.broker.worker_max_tasks_per_child,
-        worker_max_memory_per_child=memory_mb * 1024 if memory_mb else None,
-        worker_cancel_long_running_tasks_on_connection_loss=False,
-        enable_utc=True,
-    )
+    app.conf.update(celery_config(settings))
 
     # shared=False: each app (e.g. several in one test process) must call its own runtime's runner.
     @app.task(name=RUN_TASK, ignore_result=True, shared=False, bind=True)
