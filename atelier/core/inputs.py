@@ -8,7 +8,6 @@ import ipaddress
 import re
 import socket
 import time
-import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ _B64_URL_RE = re.compile(r"[A-Za-z0-9_\-]+={0,2}")
 _URLSAFE_TO_STD = str.maketrans("-_", "+/")
 _WHITESPACE_RE = re.compile(r"\s+")
 _DRIVE_RE = re.compile(r"^[A-Za-z]:")
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc, exactly (one regex scan per path)
 _CGNAT = ipaddress.IPv4Network("100.64.0.0/10")
 _SIXTOFOUR = ipaddress.IPv6Network("2002::/16")
 _BLOCKED_HOST_SUFFIXES = (".localhost", ".local", ".internal")
@@ -415,7 +415,7 @@ def safe_relative_path(path: str, *, loc: Loc = ()) -> str:
         raise InvalidInputError("path is empty", loc=loc)
     if len(path) > MAX_PATH_LENGTH:
         raise InvalidInputError(f"path is longer than {MAX_PATH_LENGTH} characters", loc=loc)
-    if any(unicodedata.category(char) == "Cc" for char in path):
+    if _CONTROL_RE.search(path):
         raise InvalidInputError("path contains control characters", loc=loc)
     if "\\" in path:
         raise InvalidInputError("path must use '/' separators, not backslashes", loc=loc)

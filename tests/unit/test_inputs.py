@@ -7,6 +7,7 @@ import contextlib
 import io
 import socket
 import threading
+import unicodedata
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -687,6 +688,18 @@ def test_safe_relative_path_refuses(path: str) -> None:
     with pytest.raises(InvalidInputError, match="path") as info:
         safe_relative_path(path, loc=LOC)
     assert info.value.loc == LOC
+
+
+def test_safe_relative_path_refuses_exactly_the_control_characters() -> None:
+    # Unicode category Cc (C0, DEL, C1) and nothing else; the backslash is refused for its own reason.
+    refused = set()
+    for code in range(0x800):
+        try:
+            safe_relative_path(f"ab{chr(code)}c")
+        except InvalidInputError:
+            refused.add(code)
+    expected = {code for code in range(0x800) if unicodedata.category(chr(code)) == "Cc"} | {ord("\\")}
+    assert refused == expected
 
 
 @pytest.mark.parametrize(
