@@ -206,24 +206,35 @@ def _autocommit_first(engine: Engine, sql: str, values: dict[str, Any]) -> dict[
 
     dbapi = engine.dialect.loaded_dbapi
     fairy = engine.raw_connection()
+    conn = cast("psycopg.Connection[Any]", fairy.driver_connection)
     try:
-        conn = cast("psycopg.Connection[Any]", fairy.driver_connection)
-        try:
-            conn.autocommit = True  # a property: no round trip
-            try:
-                with conn.cursor(row_factory=dict_row) as cursor:
-                    cursor.execute(sql, values)
-                    row = cursor.fetchone()
-            finally:
-                conn.autocommit = False  # the pool's connections are transactional
-        except dbapi.Error as exc:
-            lost = engine.dialect.is_disconnect(exc, fairy, None)
-            if lost:  # what SQLAlchemy does for its own statements: this connection and the older ones go
-                engine.pool._invalidate(fairy, exc)
-            raise DBAPIError.instance(
-                sql, values, exc, dbapi.Error, connection_invalidated=lost, dialect=engine.dialect
-            ) from exc
-        return row
+        conn.autocommit = True  # a property: no round trip
+        with conn.cursor(row_factory=dict_row) as cursor:
+            cursor.execute(sql, values)
+            row = cursor.fetchone()
+    except dbapi.Error as exc:
+        lost = engine.dialect.is_disconnect(exc, cast(Any, conn), None)
+        if lost:  # what SQLAlchemy does for its own statements: this connection and the pool's older ones go
+            engine.pool._invalidate(fairy, exc)
+        raise DBAPIError.instance(
+            sql, values, exc, dbapi.Error, connection_invalidated=lost, dialect=engine.dialect
+        ) from exc
+    finally:
+        _check_in_transactional(fairy, conn, dbapi.Error)
+    return row
+
+
+def _check_in_transactional(fairy: Any, conn: psycopg.Connection[Any], errors: type[Exception]) -> None:
+    """Return the connection to the pool as the pool hands them out, transactional; drop it if it cannot be.
+
+    Whatever ended the statement (an error, an interrupt): a connection left in autocommit would run the next
+    ORM session's statements one by one, each committed on its own.
+    """
+    try:
+        if fairy.dbapi_connection is not None:  # not invalidated
+            conn.autocommit = False
+    except errors:  # its state is unknown (the connection is lost): it does not go back
+        fairy.invalidate()
     finally:
         fairy.close()
 

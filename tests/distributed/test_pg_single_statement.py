@@ -156,6 +156,41 @@ def test_a_driver_statement_raises_sqlalchemy_errors_and_drops_lost_connections(
         engine.dispose()
 
 
+@pytest.mark.parametrize("failure", ["interrupt", "lost"])
+def test_a_driver_statement_never_returns_an_autocommit_connection_to_the_pool(
+    pg_url: str, failure: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy import create_engine, literal, select
+
+    engine = create_engine(pg_url, pool_size=1, max_overflow=0)
+    one = DriverStatement(select(literal(1).label("one")))
+    execute = psycopg.Cursor.execute
+
+    def failing(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        if failure == "interrupt":  # not a driver error: a signal, a bug in an adapter
+            raise RuntimeError("interrupted")
+        cursor.connection.close()  # the connection dies under the statement: its autocommit can no longer be set
+        raise psycopg.OperationalError("the connection is lost")
+
+    try:
+        assert one.first(engine, {}) == {"one": 1}  # the pool's connection exists (connecting runs statements too)
+        monkeypatch.setattr(psycopg.Cursor, "execute", failing)
+        if failure == "interrupt":
+            with pytest.raises(RuntimeError):
+                one.first(engine, {})
+        else:  # the driver's error, not the failed switch back from autocommit
+            with pytest.raises(OperationalError) as lost:
+                one.first(engine, {})
+            assert lost.value.connection_invalidated and str(lost.value.orig) == "the connection is lost"
+        monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+        with engine.connect() as conn:
+            assert conn.connection.driver_connection is not None
+            assert conn.connection.driver_connection.autocommit is False
+            assert conn.exec_driver_sql("SELECT 1").scalar_one() == 1
+    finally:
+        engine.dispose()
+
+
 def test_task_reads_run_without_a_transaction_and_leave_none_behind(app_factory: AppFactory, pg_url: str) -> None:
     api = app_factory(worker=False, database={"url": pg_url})
     task = api.create({"task_type": "IMAGE_ADJUSTER", "input_image": b64_png(), "aspect_ratio": 1.0})
