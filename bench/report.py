@@ -211,9 +211,8 @@ def bench_rss() -> dict[str, Any]:
 
         baseline_env, settings = noop_env(prefix)
         noop_cmd = [PY, "-m", "celery", "-A", "bench.noop_app"]
-        noop_cmd += worker_argv(
-            settings, list(ALL_QUEUES), 2, "prefork", "WARNING", base_name
-        )  # as `atelier worker -c 2`
+        # the same arguments as `atelier worker -c 2`
+        noop_cmd += worker_argv(settings, list(ALL_QUEUES), 2, "prefork", "WARNING", base_name)
         with process(noop_cmd, baseline_env, tmp / "noop.log") as base:
             from celery import Celery
 

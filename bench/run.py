@@ -364,14 +364,15 @@ def bench_throughput(n: int, concurrency: int, rounds: int) -> dict[str, Any]:
 NOOP_PREFIX = f"bench-noop-{uuid.uuid4().hex[:6]}."  # one per run: bench.noop_app reads it once, at import
 
 
-def noop_env(prefix: str, broker: str = REDIS_URL) -> tuple[dict[str, str], Any]:
-    """The environment of ``bench.noop_app`` (Atelier's Celery settings for ``broker`` and ``prefix``); its Settings."""
+def noop_env(prefix: str) -> tuple[dict[str, str], Any]:
+    """The environment of ``bench.noop_app`` (Atelier's Celery settings for Redis and ``prefix``); its Settings."""
     from atelier.engine.celery_app import celery_config
+    from atelier.engine.worker import PREFORK_POOL
     from atelier.settings import BrokerSettings, Settings
 
-    settings = Settings(broker=BrokerSettings(url=broker, queue_prefix=prefix))
+    settings = Settings(broker=BrokerSettings(url=REDIS_URL, queue_prefix=prefix))
     config = {k: v for k, v in celery_config(settings).items() if k != "task_queues"}  # kombu objects
-    config["worker_pool"] = "atelier.engine.pool:TaskPool"  # what `atelier worker` runs (atelier.engine.worker)
+    config["worker_pool"] = PREFORK_POOL  # what `atelier worker` runs
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATELIER_")}
     env.update(BENCH_CELERY_CONF=json.dumps(config), BENCH_PREFIX=prefix, BENCH_COUNTER_URL=REDIS_URL)
     env["PYTHONPATH"] = str(ROOT)

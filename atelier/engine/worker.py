@@ -21,6 +21,8 @@ from atelier.tasks.transitions import WORKER_STATEMENTS
 
 log = logging.getLogger(__name__)
 
+PREFORK_POOL = "atelier.engine.pool:TaskPool"  # what `--pool prefork` runs (atelier/engine/pool.py)
+
 
 def worker_app(settings: Settings) -> tuple[Runtime, Celery]:
     """Build the runtime for a worker process and make its Celery app the process default."""
@@ -28,7 +30,7 @@ def worker_app(settings: Settings) -> tuple[Runtime, Celery]:
     runtime = build_runtime(settings, pre_ping=False)
     runtime.celery.set_default()
     # `--pool prefork` (the default) takes this pool: Celery's prefork, replacing a dead child within a second.
-    runtime.celery.conf.worker_pool = "atelier.engine.pool:TaskPool"
+    runtime.celery.conf.worker_pool = PREFORK_POOL
 
     preload(runtime)
     worker_before_create_process.connect(freeze_before_fork, weak=False)

@@ -299,9 +299,9 @@ _CLAIM = _claim_statement()
 _CLAIM_PG = DriverStatement(_with_event(_CLAIM, S.EXECUTING, "claimed"), json_params=("p_event_data",))
 
 
-def single_statement_events(bind: Connection | Engine) -> bool:
+def single_statement_events(engine: Engine) -> bool:
     """Whether a change and its event go in one statement here (PostgreSQL's data-modifying CTEs)."""
-    return bind.dialect.name == "postgresql"
+    return engine.dialect.name == "postgresql"
 
 
 def claim(
