@@ -341,9 +341,28 @@ def _wait_ping(app: Any, hostname: str) -> None:
     raise RuntimeError(f"{hostname} never answered ping")
 
 
+SETTLED_DISK_US = 100.0  # file creation slower than this: files were deleted on the disk in the last minutes
+SETTLE_PATIENCE_S = 360.0  # freed inodes are skipped for at most 300 s
+
+
+def settle_disk() -> tuple[float, float]:
+    """Wait (up to ``SETTLE_PATIENCE_S``) until creating a file costs tens of µs again; (seconds waited, µs).
+
+    Only our side of the throughput benchmark creates files (every stored output): measured on a disk where
+    thousands of files were just deleted (a test run, the previous benchmark's folders), its first rounds paid
+    0.5–1 ms per output (see ``scratch``) and the run's ratio said more about that than about the service.
+    """
+    started = time.monotonic()
+    created = file_creation_us()
+    while created > SETTLED_DISK_US and time.monotonic() - started < SETTLE_PATIENCE_S:
+        time.sleep(20)
+        created = file_creation_us()
+    return time.monotonic() - started, created
+
+
 def bench_throughput(n: int, concurrency: int, rounds: int) -> dict[str, Any]:
     noop, ours = [], []
-    create_before = file_creation_us()
+    waited, create_before = settle_disk()
     for _ in range(rounds):  # interleaved, medians: the machine's load drifts between runs
         noop.append(_noop_rate(n, concurrency))
         ours.append(_atelier_rate(n, concurrency))
@@ -357,6 +376,7 @@ def bench_throughput(n: int, concurrency: int, rounds: int) -> dict[str, Any]:
         "ratio": ours_rate / noop_rate,
         "ratios_per_round": [o / b for o, b in zip(ours, noop, strict=True)],
         "file_creation_us": {"before": create_before, "after": file_creation_us()},
+        "waited_for_disk_s": waited,
         "goal": ">= 0.4",
     }
 
@@ -516,8 +536,9 @@ def bench_runner(n: int) -> dict[str, Any]:
 def bench_statement(n: int, rounds: int) -> dict[str, Any]:
     """CPU per execution of the claim's shape (22 columns of a task by primary key), PostgreSQL.
 
-    ``db.DriverStatement`` (compiled once, run on the pooled psycopg connection) against the same statement
-    through SQLAlchemy Core on a ``statement_connection``, as other drivers run it. Interleaved rounds, medians.
+    ``db.DriverStatement`` (compiled once, a prepared statement run through libpq on a pooled connection) against the
+    same statement through SQLAlchemy Core on a ``statement_connection``, as other drivers run it. Interleaved rounds,
+    medians.
     """
     with _atelier(None) as (runtime, _settings, _env, publish):
         from sqlalchemy import bindparam, select

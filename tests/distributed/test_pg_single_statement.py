@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import Engine, event, select
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError, StatementError
 
+from atelier.core import db
 from atelier.core.db import (
     DriverStatement,
     JSONType,
@@ -29,6 +30,33 @@ from tests.conftest import AppFactory, b64_png
 pytestmark = pytest.mark.integration
 
 
+def _count_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every statement this thread sends from now on: prepared ones run by ``DriverStatement`` and cursors'."""
+    statements: list[str] = []
+    me = threading.get_ident()
+    run_prepared, execute = db._execute_prepared, psycopg.Cursor.execute
+
+    def counted_prepared(conn: Any, state: Any, key: tuple[bytes, Any], params: Any) -> Any:
+        if threading.get_ident() == me:
+            statements.append("prepared: " + key[0].decode().lstrip())
+        return run_prepared(conn, state, key, params)
+
+    def counted(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        # not the reaper's or the webhook loop's statements on the same engine, nor the API pool's pre-ping (";")
+        if threading.get_ident() == me and str(query) != ";":
+            statements.append(str(query))
+        return execute(cursor, query, *args, **kwargs)
+
+    monkeypatch.setattr(db, "_execute_prepared", counted_prepared)
+    monkeypatch.setattr(psycopg.Cursor, "execute", counted)
+    return statements
+
+
+def _idle(conn: Any) -> bool:
+    """A psycopg connection outside any transaction and not in autocommit mode (as the pool hands them out)."""
+    return bool(conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE and not conn.autocommit)
+
+
 def test_claim_and_complete_are_one_statement_each_with_their_events(
     app_factory: AppFactory, pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -37,25 +65,14 @@ def test_claim_and_complete_are_one_statement_each_with_their_events(
         api.create({"task_type": "IMAGE_ADJUSTER", "input_image": b64_png(), "mode": "pad", "aspect_ratio": 1.0})["id"]
     )
     engine = runtime_of(api).engine
-    statements: list[str] = []
-    me = threading.get_ident()
-    execute = psycopg.Cursor.execute
-
-    def counted(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
-        # not the reaper's or the webhook loop's statements on the same engine, nor the API pool's pre-ping (";")
-        if threading.get_ident() == me and str(query) != ";":
-            statements.append(str(query))
-        return execute(cursor, query, *args, **kwargs)
-
-    # At the driver: the two statements bypass SQLAlchemy's execution events.
-    monkeypatch.setattr(psycopg.Cursor, "execute", counted)
+    statements = _count_statements(monkeypatch)
     claimed = claim(engine, task_id, "w1", 60, 3)
     assert claimed is not None and claimed.status == "EXECUTING"
     # Compiled once and run as driver SQL: the row still decodes like the ORM's (UUID, aware time, JSON).
     assert isinstance(claimed.id, uuid.UUID) and claimed.id == task_id
     assert claimed.updated_at.tzinfo is UTC and claimed.created_at.tzinfo is UTC
     assert claimed.task_data["mode"] == "pad" and claimed.attempt == 1
-    assert len(statements) == 1 and statements[0].lstrip().startswith("WITH claimed")
+    assert len(statements) == 1 and statements[0].lstrip().startswith("prepared: WITH claimed")
     assert claim(engine, task_id, "w2", 60, 3) is None  # a duplicate delivery changes nothing
     done = complete_unchanged(
         engine,
@@ -69,9 +86,8 @@ def test_claim_and_complete_are_one_statement_each_with_their_events(
     assert done
     assert len(statements) == 3
     monkeypatch.undo()
-    with engine.connect() as conn:  # autocommit was switched off again before the connection went back to the pool
-        assert conn.connection.driver_connection is not None
-        assert conn.connection.driver_connection.autocommit is False
+    with engine.connect() as conn:  # each committed by itself: the pooled connection is idle, still transactional
+        assert _idle(conn.connection.driver_connection)
 
     with session_scope(runtime_of(api).sessions) as session:
         events = session.scalars(select(TaskEvent).where(TaskEvent.task_id == task_id).order_by(TaskEvent.id)).all()
@@ -156,37 +172,83 @@ def test_a_driver_statement_raises_sqlalchemy_errors_and_drops_lost_connections(
         engine.dispose()
 
 
-@pytest.mark.parametrize("failure", ["interrupt", "lost"])
-def test_a_driver_statement_never_returns_an_autocommit_connection_to_the_pool(
-    pg_url: str, failure: str, monkeypatch: pytest.MonkeyPatch
+def _prepared_names(conn: Any) -> set[str]:
+    return {name for (name,) in conn.exec_driver_sql("SELECT name FROM pg_prepared_statements").all()}
+
+
+def test_a_driver_statement_commits_by_itself_and_survives_deallocated_statements(pg_url: str) -> None:
+    from sqlalchemy import Integer, bindparam, column, create_engine, insert, table
+
+    engine = create_engine(pg_url, pool_size=1, max_overflow=0)  # one connection: every step below uses it
+    notes = table("driver_notes", column("n", Integer), column("label"))
+    add = DriverStatement(insert(notes).values(n=bindparam("p_n"), label=bindparam("p_label")).returning(notes.c.n))
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE driver_notes (n integer, label text)")
+        assert add.first(engine, {"p_n": 1, "p_label": "one"}) == {"n": 1}
+        # a larger integer is dumped as another type (int4, not int2): prepared again for those types
+        assert add.first(engine, {"p_n": 100_000, "p_label": None}) == {"n": 100_000}
+        with psycopg.connect(pg_url.replace("+psycopg", "")) as other:  # committed, without BEGIN/COMMIT
+            assert other.execute("SELECT n, label FROM driver_notes ORDER BY n").fetchall() == [
+                (1, "one"),
+                (100_000, None),
+            ]
+        with engine.connect() as conn:
+            assert _idle(conn.connection.driver_connection)
+            ours = {name for name in _prepared_names(conn) if name.startswith("atelier_")}
+            assert len(ours) == 2
+            # psycopg prepares a statement run 5 times, and deallocates ALL of the session's after a rollback
+            for _ in range(6):
+                conn.exec_driver_sql("SELECT count(*) FROM driver_notes WHERE n > %(n)s", {"n": 0}).scalar_one()
+            conn.rollback()
+            assert not _prepared_names(conn) & ours  # the control: the statements are gone from the session
+            conn.rollback()
+        assert add.first(engine, {"p_n": 3, "p_label": "three"}) == {"n": 3}  # prepared again, run once
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM driver_notes").scalar_one() == 3
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE IF EXISTS driver_notes")
+        engine.dispose()
+
+
+def test_a_driver_statement_never_runs_inside_a_transaction_left_open(pg_url: str) -> None:
+    sql = b"INSERT INTO driver_open (n) VALUES ($1) RETURNING n"
+    with (
+        psycopg.connect(pg_url.replace("+psycopg", "")) as conn,
+        psycopg.connect(pg_url.replace("+psycopg", ""), autocommit=True) as other,
+    ):
+        other.execute("CREATE TABLE driver_open (n integer)")
+        try:
+            conn.execute("SELECT 1")  # a transaction is open on the connection
+            assert db._run_prepared(conn, {}, sql, [5]) == {"n": 5}
+            assert _idle(conn)
+            assert other.execute("SELECT n FROM driver_open").fetchall() == [(5,)]  # committed, not in the old one
+        finally:
+            other.execute("DROP TABLE driver_open")
+
+
+def test_an_interrupted_driver_statement_returns_a_usable_connection(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from sqlalchemy import create_engine, literal, select
 
     engine = create_engine(pg_url, pool_size=1, max_overflow=0)
     one = DriverStatement(select(literal(1).label("one")))
-    execute = psycopg.Cursor.execute
 
-    def failing(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
-        if failure == "interrupt":  # not a driver error: a signal, a bug in an adapter
-            raise RuntimeError("interrupted")
-        cursor.connection.close()  # the connection dies under the statement: its autocommit can no longer be set
-        raise psycopg.OperationalError("the connection is lost")
+    def interrupted(*args: Any) -> Any:  # not a driver error: a signal, a bug in an adapter
+        raise RuntimeError("interrupted")
 
     try:
-        assert one.first(engine, {}) == {"one": 1}  # the pool's connection exists (connecting runs statements too)
-        monkeypatch.setattr(psycopg.Cursor, "execute", failing)
-        if failure == "interrupt":
-            with pytest.raises(RuntimeError):
-                one.first(engine, {})
-        else:  # the driver's error, not the failed switch back from autocommit
-            with pytest.raises(OperationalError) as lost:
-                one.first(engine, {})
-            assert lost.value.connection_invalidated and str(lost.value.orig) == "the connection is lost"
-        monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+        assert one.first(engine, {}) == {"one": 1}
+        monkeypatch.setattr(db, "_execute_prepared", interrupted)
+        with pytest.raises(RuntimeError):
+            one.first(engine, {})
+        monkeypatch.undo()
         with engine.connect() as conn:
-            assert conn.connection.driver_connection is not None
-            assert conn.connection.driver_connection.autocommit is False
+            assert _idle(conn.connection.driver_connection)
             assert conn.exec_driver_sql("SELECT 1").scalar_one() == 1
+        assert one.first(engine, {}) == {"one": 1}
     finally:
         engine.dispose()
 
