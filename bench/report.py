@@ -370,7 +370,9 @@ def main() -> None:
     runs: dict[str, Callable[[], Any]] = {
         "status": lambda: [bench_status(kind, 4 if quick else 8, rounds) for kind in ("sqlite", "postgres")],
         "latency": lambda: [bench_latency(mode, 50 if quick else 200) for mode in ("embedded", "redis", "rabbitmq")],
-        "throughput": lambda: bench_throughput(200 if quick else 400, 2, rounds),
+        "throughput": lambda: bench_throughput(
+            400 if quick else 2000, 2, 1 if quick else 5
+        ),  # as `bench.run throughput`
         "monitoring": lambda: monitoring.bench_monitoring(
             50_000 if quick else 1_000_000, 5_000 if quick else 100_000, 10 if quick else 40, 1 if quick else 3
         ),
