@@ -370,9 +370,8 @@ def main() -> None:
     runs: dict[str, Callable[[], Any]] = {
         "status": lambda: [bench_status(kind, 4 if quick else 8, rounds) for kind in ("sqlite", "postgres")],
         "latency": lambda: [bench_latency(mode, 50 if quick else 200) for mode in ("embedded", "redis", "rabbitmq")],
-        "throughput": lambda: bench_throughput(
-            400 if quick else 2000, 2, 1 if quick else 5
-        ),  # as `bench.run throughput`
+        # the sizes of `bench.run throughput --tasks 2000 --rounds 5`, the closing notes' command
+        "throughput": lambda: bench_throughput(400 if quick else 2000, 2, 1 if quick else 5),
         "monitoring": lambda: monitoring.bench_monitoring(
             50_000 if quick else 1_000_000, 5_000 if quick else 100_000, 10 if quick else 40, 1 if quick else 3
         ),
