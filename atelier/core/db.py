@@ -225,7 +225,10 @@ def numbered_placeholders(sql: str) -> tuple[bytes, tuple[str, ...]]:
 def _pooled_first(engine: Engine, sql: bytes, args: list[Any]) -> dict[str, Any] | None:
     """Run ``sql`` on a pooled psycopg connection, outside any transaction; the first row as a dict."""
     dbapi = engine.dialect.loaded_dbapi
-    fairy = engine.raw_connection()
+    try:
+        fairy = engine.raw_connection()
+    except dbapi.Error as exc:  # no connection (the server is down or restarting): raised as a Connection raises it
+        raise DBAPIError.instance(None, None, exc, dbapi.Error, dialect=engine.dialect) from exc
     conn = cast("psycopg.Connection[Any]", fairy.driver_connection)
     try:
         return _run_prepared(conn, fairy.info, sql, args)

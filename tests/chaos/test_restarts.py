@@ -7,10 +7,12 @@ within 10 s of the server being up again a new task is accepted and completed.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -33,12 +35,13 @@ BACK_WITHIN = 10.0
 log = logging.getLogger(__name__)
 
 
-def submitter(cluster: Cluster) -> Callable[[], tuple[int, str | None]]:
-    """Create one short task through whatever in-process API the cluster has now."""
+def submitter(cluster: Cluster, *bodies: dict[str, Any]) -> Callable[[], tuple[int, str | None]]:
+    """Create one short task through whatever in-process API the cluster has now (``bodies`` in turn)."""
+    turns = itertools.cycle(bodies or [generation(0.2)])
 
     def submit() -> tuple[int, str | None]:
         api = cluster.client()
-        response = api.client.post("/api/v1/tasks/", json=generation(0.2), headers=api.headers())
+        response = api.client.post("/api/v1/tasks/", json=next(turns), headers=api.headers())
         return response.status_code, response.json()["id"] if response.status_code == 200 else None
 
     return submit
@@ -65,9 +68,10 @@ def outage(
     pg_url: str,
     stop: Callable[[], None],
     start: Callable[[], None],
+    *bodies: dict[str, Any],
 ) -> None:
     """Load, ``stop()``, a second down, ``start()``; then the service is back within 10 s and nothing is lost."""
-    with Load(submitter(cluster), interval=0.15) as load:
+    with Load(submitter(cluster, *bodies), interval=0.15) as load:
         time.sleep(1.5)
         stop()
         time.sleep(1.0)
@@ -104,9 +108,13 @@ def test_postgresql_restart(
 ) -> None:
     # A lease longer than the outage: an attempt that finished while the database was down records its outcome
     # once it is back (regression: it gave up, and the reaper ran the provider a second time).
+    # Two kinds of task: one that polls the database while it works (the poll fails during the outage: a retry)
+    # and one that works without calling back (it finishes while the database is down and must wait to record;
+    # regression: the pool's refused connections raised psycopg's error, which the wait did not catch).
     cluster = chaos_cluster(redis_server.url, tasks={"lease_seconds": 10.0})
     cluster.start_worker(concurrency=2)
-    outage(cluster, pg_url, lambda: pg_server.stop("immediate"), pg_server.start)
+    blocking = generation(0.3, config={"script": ["block"], "slow_seconds": 0.3})
+    outage(cluster, pg_url, lambda: pg_server.stop("immediate"), pg_server.start, generation(0.2), blocking)
 
 
 def test_api_restart(redis_server: RedisServer, chaos_cluster: ChaosCluster, pg_url: str) -> None:

@@ -26,6 +26,7 @@ from atelier.tasks.models import Task, TaskEvent
 from atelier.tasks.transitions import claim, complete_unchanged
 from tests.api.helpers import runtime_of
 from tests.conftest import AppFactory, b64_png
+from tests.fakes.server import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -168,6 +169,22 @@ def test_a_driver_statement_raises_sqlalchemy_errors_and_drops_lost_connections(
         assert len(failures) == 1
         assert isinstance(failures[0], OperationalError) and failures[0].connection_invalidated
         assert not set(_backend_pids(engine, 2)) & set(pids)
+    finally:
+        engine.dispose()
+
+
+def test_a_driver_statement_raises_sqlalchemy_errors_when_no_connection_can_be_made() -> None:
+    # The database is down or restarting: the pool's connect fails. Callers that wait an outage out (a finished
+    # attempt recording its outcome) catch SQLAlchemy's OperationalError; psycopg's own error went past them.
+    from sqlalchemy import bindparam, create_engine, select
+
+    engine = create_engine(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nowhere")
+    one = DriverStatement(select(bindparam("p_n").label("n")))
+    try:
+        with pytest.raises(OperationalError) as refused:
+            one.first(engine, {"p_n": 1})
+        assert isinstance(refused.value.orig, psycopg.OperationalError)
+        assert not refused.value.connection_invalidated  # nothing was connected: no retry on a fresh connection
     finally:
         engine.dispose()
 
